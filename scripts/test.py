@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""berth's test command: set up, build test images, lint, unit tests, every Molecule scenario.
+
+    scripts/test.py                      # everything (what CI runs)
+    scripts/test.py -s common            # only scenarios whose name contains "common"
+    scripts/test.py --no-molecule        # setup, lint and pytest only
+    scripts/test.py --jobs 1             # scenarios one at a time (default: two at a time)
+
+Molecule logs go to artifacts/molecule/<scenario>.log. The last line is the summary
+"tests: N passed, N failed" (lint tools, pytest tests and scenarios each counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from _lib import ROOT, VENV_BIN, Timer, log, run, venv_env
+
+ARTIFACTS = ROOT / "artifacts"
+PY_PATHS = ["scripts", "tests", "roles", "molecule"]
+
+
+@dataclass
+class Scenario:
+    """A Molecule scenario: the project directory Molecule runs in, and the scenario's name."""
+
+    project: Path
+    name: str
+
+    @property
+    def label(self) -> str:
+        where = self.project.name if self.project != ROOT else "site"
+        return f"{where}/{self.name}"
+
+
+@dataclass
+class Result:
+    label: str
+    ok: bool
+    seconds: float
+    detail: str = ""
+
+
+def scenarios(pattern: str | None) -> list[Scenario]:
+    role_files = sorted(ROOT.glob("roles/*/molecule/*/molecule.yml"))
+    found = [Scenario(f.parent.parent.parent, f.parent.name) for f in role_files]
+    found += [Scenario(ROOT, f.parent.name) for f in sorted(ROOT.glob("molecule/*/molecule.yml"))]
+    return [s for s in found if pattern is None or pattern in s.label]
+
+
+def run_tool(name: str, cmd: list[str]) -> Result:
+    start = time.monotonic()
+    code = run(cmd, check=False, cwd=ROOT, env=venv_env())
+    return Result(name, code == 0, time.monotonic() - start)
+
+
+def lint() -> list[Result]:
+    return [
+        run_tool("yamllint", [str(VENV_BIN / "yamllint"), "--strict", "."]),
+        run_tool("ansible-lint", [str(VENV_BIN / "ansible-lint"), "--profile", "production", "--strict"]),
+        run_tool("ruff", [str(VENV_BIN / "ruff"), "check", *PY_PATHS]),
+    ]
+
+
+def pytest() -> tuple[int, int, Result]:
+    """Run the unit tests; return (passed, failed, result) as counted in pytest's JUnit report."""
+    junit = ARTIFACTS / "pytest.xml"
+    start = time.monotonic()
+    cmd = [str(VENV_BIN / "pytest"), "-q", "tests", f"--junitxml={junit}"]
+    code = run(cmd, check=False, cwd=ROOT, env=venv_env())
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    if junit.exists() and (suite := re.search(r"<testsuite [^>]*>", junit.read_text())):
+        for key in counts:
+            if found := re.search(rf'\b{key}="(\d+)"', suite.group(0)):
+                counts[key] = int(found.group(1))
+    failed = counts["failures"] + counts["errors"]
+    passed = counts["tests"] - failed - counts["skipped"]
+    # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
+    ok = code == 0 and passed > 0
+    return passed, max(failed, 0 if ok else 1), Result("pytest", ok, time.monotonic() - start)
+
+
+def molecule(scenario: Scenario) -> Result:
+    logfile = ARTIFACTS / "molecule" / f"{scenario.label.replace('/', '-')}.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        str(VENV_BIN / "molecule"),
+        "--base-config",
+        str(ROOT / "molecule" / "base.yml"),
+        "test",
+        "--scenario-name",
+        scenario.name,
+    ]
+    log(f"molecule {scenario.label}: started (log: {logfile.relative_to(ROOT)})")
+    start = time.monotonic()
+    env = venv_env() | {"ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0", "NO_COLOR": "1"}
+    with logfile.open("w") as out:
+        code = subprocess.run(cmd, cwd=scenario.project, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+    seconds = time.monotonic() - start
+    ok = code.returncode == 0
+    log(f"molecule {scenario.label}: {'passed' if ok else 'FAILED'} in {seconds:.0f} s")
+    if not ok:
+        tail = logfile.read_text().splitlines()[-60:]
+        print("\n".join(f"    {line}" for line in tail), flush=True)
+    return Result(f"molecule {scenario.label}", ok, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-s", "--scenario", help="run only scenarios whose label contains this")
+    parser.add_argument("--jobs", type=int, default=2, help="scenarios run at once (default 2)")
+    parser.add_argument("--no-molecule", action="store_true", help="skip the Molecule scenarios")
+    parser.add_argument("--no-lint", action="store_true", help="skip the linters")
+    args = parser.parse_args()
+
+    timer = Timer()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with timer.step("setup"):
+        run([sys.executable, str(ROOT / "scripts" / "setup.py"), "--engine"])
+    results: list[Result] = []
+    if not args.no_lint:
+        with timer.step("lint"):
+            results += lint()
+    with timer.step("pytest"):
+        passed, failed, result = pytest()
+    results.append(result)
+    if not args.no_molecule:
+        chosen = scenarios(args.scenario)
+        if not chosen:
+            sys.exit(f"berth: no Molecule scenario matches {args.scenario!r}")
+        with timer.step("test images"):
+            run([sys.executable, str(ROOT / "scripts" / "images.py")])
+        with (
+            timer.step(f"molecule ({len(chosen)} scenarios, {args.jobs} at a time)"),
+            ThreadPoolExecutor(max_workers=args.jobs) as pool,
+        ):
+            results += list(pool.map(molecule, chosen))
+
+    print("\n" + "=" * 72)
+    for res in results:
+        print(f"  {'ok  ' if res.ok else 'FAIL'}  {res.label:<40} {res.seconds:7.1f} s")
+    print(f"  pytest: {passed} tests passed, {failed} failed")
+    for name, seconds in timer.figures:
+        print(f"  time  {name:<40} {seconds:7.1f} s")
+    others = [r for r in results if r.label != "pytest"]
+    total_passed = passed + sum(r.ok for r in others)
+    total_failed = failed + sum(not r.ok for r in others)
+    print("=" * 72)
+    print(f"tests: {total_passed} passed, {total_failed} failed")
+    sys.exit(0 if all(r.ok for r in results) and total_failed == 0 else 1)
+
+
+if __name__ == "__main__":
+    main()

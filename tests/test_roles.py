@@ -1,0 +1,59 @@
+"""Conventions every role keeps (design.md): defaults and argument specs agree, templates are marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROLES
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def spec_options(role: Path) -> dict:
+    return load(role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+
+
+def test_there_are_roles() -> None:
+    assert ROLES, "no role found under roles/"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_defaults_match_argument_specs(role: Path) -> None:
+    defaults = set(load(role / "defaults" / "main.yml"))
+    options = set(spec_options(role))
+    assert defaults - options == set(), "in defaults/main.yml but not in meta/argument_specs.yml"
+    assert options - defaults == set(), "in meta/argument_specs.yml but not in defaults/main.yml"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_variables_are_prefixed_and_documented(role: Path) -> None:
+    lines = (role / "defaults" / "main.yml").read_text().splitlines()
+    for index, line in enumerate(lines):
+        if line and not line[0].isspace() and not line.startswith(("#", "---")):
+            name = line.split(":", 1)[0]
+            assert name.startswith(f"{role.name}_"), f"{name} lacks the prefix {role.name}_"
+            assert lines[index - 1].startswith("#"), f"{name} has no comment line above it"
+    for name, option in spec_options(role).items():
+        assert option.get("description"), f"{name} has no description in argument_specs"
+        assert option.get("type"), f"{name} has no type in argument_specs"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_templates_start_with_ansible_managed(role: Path) -> None:
+    for template in (role / "templates").rglob("*.j2"):
+        first = template.read_text().splitlines()[0]
+        assert first == "{{ ansible_managed | comment }}", f"{template} does not start with ansible_managed"
+
+
+@pytest.mark.parametrize("role", [r for r in ROLES if (r / "handlers" / "main.yml").exists()], ids=lambda p: p.name)
+def test_handlers_are_named_by_convention(role: Path) -> None:
+    for handler in load_list(role / "handlers" / "main.yml"):
+        assert handler["name"].split()[0] in {"restart", "reload"}, handler["name"]
+
+
+def load_list(path: Path) -> list[dict]:
+    return yaml.safe_load(path.read_text()) or []
