@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _lib import CACHE, ROOT, log, output, run
@@ -136,8 +137,11 @@ def main() -> None:
     unknown = set(args.suites) - set(SUITES)
     if unknown:
         parser.error(f"unknown suite(s): {', '.join(sorted(unknown))}")
-    for suite in args.suites or SUITES:
-        log(f"image {tag(suite)}: {ensure(suite, force=args.force)}")
+    # The suites build in parallel: debootstrap spends most of its time waiting on downloads.
+    with ThreadPoolExecutor() as pool:
+        outcomes = pool.map(lambda suite: (suite, ensure(suite, force=args.force)), args.suites or SUITES)
+        for suite, outcome in outcomes:
+            log(f"image {tag(suite)}: {outcome}")
 
 
 if __name__ == "__main__":
