@@ -1,0 +1,286 @@
+"""What a client, an attacker and the release logic observe on a host converged with the nginx role.
+
+Certificates come from Pebble (a real ACME server) on the host's loopback; the app is a stand-in that
+echoes what nginx passed on (prepare.yml). Tests run in file order: renewal and the rate limit last.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+testinfra_hosts = ["all"]
+
+ROOT = "/tmp/pebble-root.pem"
+SITES = {"berth.test": ["berth.test", "www.berth.test"], "api.berth.test": ["api.berth.test"]}
+NAMES = [name for names in SITES.values() for name in names]
+COLOUR_FILE = "/var/lib/berth/live-colour"
+# Pebble issues certificates valid for 5 years; sslyze's Mozilla profile allows 366 days.
+PEBBLE_LIFESPAN_DAYS = 1826
+
+
+@pytest.fixture
+def trust(host) -> str:
+    """Pebble's current issuing root (it changes on every Pebble start), for clients to trust."""
+    host.check_output(f"curl -sS --fail --cacert /etc/pebble/ca.pem -o {ROOT} https://127.0.0.1:15000/roots/0")
+    return ROOT
+
+
+def request(host, url: str, options: str = "") -> tuple[int, dict[str, str], str]:
+    """Status, headers and body of a request from the host itself, trusting only Pebble's root."""
+    name = url.split("/")[2]
+    port = 443 if url.startswith("https") else 80
+    out = host.run(f"curl -sS -i --max-time 10 --cacert {ROOT} --resolve {name}:{port}:127.0.0.1 {options} '{url}'")
+    assert out.rc == 0, out.stderr
+    head, _, body = out.stdout.partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def served_certificate(host, name: str) -> str:
+    """Text of the certificate nginx presents for name, after checking it against Pebble's root."""
+    out = host.check_output(
+        f"openssl s_client -connect 127.0.0.1:443 -servername {name} -CAfile {ROOT} -verify_return_error"
+        f" </dev/null 2>/dev/null | openssl x509 -noout -text -serial"
+    )
+    assert out, f"no certificate verified for {name}"
+    return out
+
+
+def nginx_pids(host) -> tuple[str, list[str]]:
+    master = host.file("/run/nginx.pid").content_string.strip()
+    return master, sorted(host.check_output(f"pgrep -P {master}").split())
+
+
+def test_services_enabled_and_one_renewal_timer(host):
+    assert host.service("nginx").is_running
+    assert host.service("nginx").is_enabled
+    assert host.service("certbot.timer").is_enabled
+    assert host.service("certbot.timer").is_running
+    # One renewal mechanism: Debian's cron entry is gone; the timer runs without certbot's random sleep.
+    assert not host.file("/etc/cron.d/certbot").exists
+    unit = host.check_output("systemctl cat certbot.service")
+    assert "--no-random-sleep-on-renew" in unit
+    assert host.run("nginx -t").rc == 0
+
+
+def test_certificates_issued_by_pebble_are_served(host, trust):
+    for domain, names in SITES.items():
+        for name in names:
+            text = served_certificate(host, name)
+            assert "Pebble Intermediate CA" in text
+            assert "id-ecPublicKey" in text
+            for other in names:
+                assert f"DNS:{other}" in text
+        assert host.file(f"/etc/letsencrypt/renewal/{domain}.conf").contains("server = https://127.0.0.1:14000/dir")
+
+
+def test_https_proxies_to_the_app_with_security_headers(host, trust):
+    for name in NAMES:
+        status, headers, body = request(host, f"https://{name}/some/path", "-H 'X-Forwarded-For: 6.6.6.6'")
+        assert status == 200
+        assert headers["strict-transport-security"] == "max-age=63072000"
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "SAMEORIGIN"
+        assert headers["referrer-policy"] == "strict-origin-when-cross-origin"
+        assert headers["content-security-policy"] == "default-src 'self'; frame-ancestors 'none'"
+        assert headers["permissions-policy"] == "geolocation=(), camera=()"
+        assert headers["server"] == "nginx"
+        app = json.loads(body)
+        assert app["colour"] == "blue"
+        seen = app["headers"]
+        assert seen["Host"] == name
+        assert seen["X-Forwarded-Proto"] == "https"
+        assert seen["X-Forwarded-Host"] == name
+        # The edge is the first proxy: a client's own X-Forwarded-For is not passed on.
+        assert seen["X-Forwarded-For"] == "127.0.0.1"
+
+
+def test_responses_are_compressed(host, trust):
+    _, headers, _ = request(host, "https://berth.test/", "--compressed")
+    assert headers["content-encoding"] == "gzip"
+
+
+def test_plain_http_redirects_except_the_acme_path(host):
+    status, headers, _ = request(host, "http://www.berth.test/a/b?c=1")
+    assert status == 301
+    assert headers["location"] == "https://www.berth.test/a/b?c=1"
+    token = "/var/lib/berth/acme/.well-known/acme-challenge/berth-probe"
+    host.check_output(f"mkdir -p $(dirname {token}) && echo probe-content > {token}")
+    try:
+        status, _, body = request(host, "http://berth.test/.well-known/acme-challenge/berth-probe")
+        assert status == 200
+        assert body.strip() == "probe-content"
+    finally:
+        host.run(f"rm -f {token}")
+
+
+def test_unknown_host_is_dropped(host, trust):
+    # Plain HTTP: 444, the connection is closed without a response.
+    out = host.run("curl -sS --max-time 5 -H 'Host: evil.test' http://127.0.0.1/")
+    assert out.rc == 52, out.stderr  # curl: empty reply from server
+    # HTTPS with an unknown name: the handshake is refused, no certificate shown.
+    out = host.run("curl -sS --max-time 5 -k --resolve evil.test:443:127.0.0.1 https://evil.test/")
+    assert out.rc == 35, out.stderr
+    assert "unrecognized name" in out.stderr
+    # A known name in TLS but an unknown Host header: dropped (444) or refused as misdirected (421).
+    out = host.run(
+        f"curl -sS --http1.1 --max-time 5 --cacert {ROOT} --resolve berth.test:443:127.0.0.1"
+        " -H 'Host: evil.test' -o /dev/null -w '%{http_code}' https://berth.test/"
+    )
+    # Dropped: curl sees an empty reply (52) or a TLS stream cut without close_notify (56).
+    dropped = out.stdout == "000" and out.rc in {52, 56}
+    assert dropped or (out.rc, out.stdout) == (0, "421"), (out.rc, out.stdout, out.stderr)
+
+
+def test_request_body_limit(host, trust):
+    host.check_output("head -c 3000000 /dev/zero > /tmp/big && head -c 1000000 /dev/zero > /tmp/small")
+    status, _, _ = request(host, "https://berth.test/upload", "--data-binary @/tmp/big")
+    assert status == 413
+    status, _, _ = request(host, "https://berth.test/upload", "--data-binary @/tmp/small")
+    assert status == 200
+
+
+def test_websocket_upgrade_is_proxied(host, trust):
+    script = f"""
+import socket, ssl
+ctx = ssl.create_default_context(cafile="{ROOT}")
+with socket.create_connection(("127.0.0.1", 443), timeout=10) as raw:
+    with ctx.wrap_socket(raw, server_hostname="berth.test") as s:
+        s.sendall(b"GET /ws HTTP/1.1\\r\\nHost: berth.test\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+                  b"Sec-WebSocket-Version: 13\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n\\r\\n")
+        f = s.makefile("rb")
+        print(f.readline().decode().strip())
+        while f.readline() not in (b"\\r\\n", b""):
+            pass
+        s.sendall(b"ping\\n")
+        print(f.readline().decode().strip())
+"""
+    out = host.check_output(f"python3 - <<'EOF'\n{script}\nEOF").splitlines()
+    assert out[0].startswith("HTTP/1.1 101")
+    assert out[1] == "echo ping"
+
+
+def test_second_converge_requested_no_certificate(host):
+    # Converge, idempotence and two check runs later, each site still has its first certificate only.
+    for domain in SITES:
+        files = sorted(host.check_output(f"ls /etc/letsencrypt/archive/{domain}").split())
+        assert files == ["cert1.pem", "chain1.pem", "fullchain1.pem", "privkey1.pem"]
+
+
+def colour_served(host) -> str:
+    status, _, body = request(host, "https://berth.test/")
+    assert status == 200
+    return json.loads(body)["colour"]
+
+
+def set_colour(host, content: str | None) -> None:
+    """What the release logic does: write a temporary file, then rename it over the live one."""
+    if content is None:
+        host.check_output(f"rm -f {COLOUR_FILE}")
+    else:
+        host.check_output(f"printf '{content}\\n' > {COLOUR_FILE}.tmp && mv -f {COLOUR_FILE}.tmp {COLOUR_FILE}")
+
+
+def test_colour_switch_moves_traffic_without_reload(host, trust):
+    assert host.file(COLOUR_FILE).content_string == "blue\n"  # the role's safe default
+    before = nginx_pids(host)
+    try:
+        assert colour_served(host) == "blue"
+        set_colour(host, "green")
+        assert [colour_served(host) for _ in range(3)] == ["green"] * 3
+        set_colour(host, "blue")
+        assert colour_served(host) == "blue"
+        # No file, or nonsense in it: the default colour.
+        set_colour(host, "green")
+        set_colour(host, None)
+        assert colour_served(host) == "blue"
+        set_colour(host, "purple")
+        assert colour_served(host) == "blue"
+    finally:
+        set_colour(host, "blue")
+    assert nginx_pids(host) == before, "nginx was reloaded or restarted"
+
+
+def test_renewal_by_the_timer_service_is_served_without_restart(host, trust):
+    old = served_certificate(host, "berth.test").split("serial=")[1].strip()
+    master, workers = nginx_pids(host)
+    conf = "/etc/letsencrypt/renewal/berth.test.conf"
+    # Make the certificate due (Pebble's last 5 years), then run exactly what certbot.timer starts.
+    host.check_output(f"sed -i '1i renew_before_expiry = 1900 days' {conf}")
+    try:
+        started = time.monotonic()
+        out = host.run("timeout 120 systemctl start certbot.service")
+        elapsed = time.monotonic() - started
+        assert out.rc == 0, host.run("journalctl -u certbot.service --no-pager -n 30").stdout
+    finally:
+        host.run(f"sed -i '/^renew_before_expiry = 1900 days$/d' {conf}")
+    print(f"renewal through certbot.service took {elapsed:.1f} s")
+    assert host.file("/etc/letsencrypt/archive/berth.test/cert2.pem").exists
+    new = host.check_output("openssl x509 -noout -serial -in /etc/letsencrypt/live/berth.test/cert.pem")
+    new = new.split("=")[1].strip()
+    assert new != old
+    # The deploy hook reloaded nginx (new workers, same master): the new certificate is served.
+    assert served_certificate(host, "berth.test").split("serial=")[1].strip() == new
+    new_master, new_workers = nginx_pids(host)
+    assert new_master == master
+    # (old workers may still be finishing: only ask for new ones)
+    assert set(new_workers) - set(workers)
+
+
+def test_logs_rotate_and_nginx_keeps_logging(host, trust):
+    assert host.file("/etc/logrotate.d/nginx").contains("rotate 14")
+    host.check_output("logrotate -f /etc/logrotate.d/nginx")
+    assert host.file("/var/log/nginx/access.log.1").exists
+    # nginx reopens its logs on USR1 asynchronously: allow it a few seconds.
+    for attempt in range(20):
+        request(host, f"https://berth.test/after-rotation-{attempt}")
+        if host.file("/var/log/nginx/access.log").contains("GET /after-rotation-"):
+            break
+        time.sleep(0.25)
+    assert host.file("/var/log/nginx/access.log").contains("GET /after-rotation-")
+
+
+def test_sslyze_mozilla_intermediate(host, trust, tmp_path: Path):
+    """sslyze from the controller against the host's address; only the certificate lifespan is relaxed."""
+    from sslyze.mozilla_tls_profile.tls_config_checker import MozillaTlsConfiguration, TlsConfigurationEnum
+
+    intermediate = MozillaTlsConfiguration.get(TlsConfigurationEnum.MOZILLA_INTERMEDIATE)
+    profile = intermediate.model_copy(update={"maximum_certificate_lifespan": PEBBLE_LIFESPAN_DAYS})
+    (tmp_path / "profile.json").write_text(profile.model_dump_json())
+    (tmp_path / "root.pem").write_text(host.file(ROOT).content_string)
+    address = host.check_output("hostname -I").split()[0]
+    sslyze = Path(sys.executable).parent / "sslyze"  # the controller's venv (scripts/requirements.txt)
+    run = subprocess.run(
+        [
+            str(sslyze),
+            f"--custom_tls_config={tmp_path / 'profile.json'}",
+            f"--certinfo_ca_file={tmp_path / 'root.pem'}",
+            f"berth.test:443{{{address}}}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "berth.test:443: OK - Compliant." in run.stdout, run.stdout[-3000:]
+
+
+def test_rate_limit_per_ip(host, trust):
+    # 150 requests on one keep-alive connection, far past 20 r/s with a burst of 40.
+    urls = " ".join(f"-o /dev/null https://berth.test/r{i}" for i in range(150))
+    out = host.check_output(
+        f"curl -sS --max-time 60 --cacert {ROOT} --resolve berth.test:443:127.0.0.1 -w '%{{http_code}}\\n' {urls}"
+    )
+    codes = out.split()
+    assert len(codes) == 150
+    assert codes[0] == "200"
+    assert codes.count("429") > 0
+    assert set(codes) == {"200", "429"}

@@ -1,0 +1,108 @@
+"""app_stack refuses bad input before it changes anything (its tasks/assert.yml, run on the controller).
+
+Each case starts from valid input and spoils one thing; the valid input itself must pass, so a
+check that always fails cannot hide here. The run's output must never show a secret (no_log).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+GOOD_PG = "pg-Good$secret#1/@:%x"
+GOOD_REDIS = "rd-Good$secret#2/@:%y"
+
+
+@pytest.fixture(scope="module")
+def busy_port() -> Iterator[int]:
+    """A port some other program (this test) listens on, on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def free_ports() -> tuple[int, int]:
+    socks = [socket.socket() for _ in range(2)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = tuple(sock.getsockname()[1] for sock in socks)
+    for sock in socks:
+        sock.close()
+    return ports  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory, busy_port: int) -> dict[str, dict]:
+    blue, green = free_ports()
+    good = {
+        "app_stack_app_image": "registry.example.com:5000/team/app:1.4.2",
+        "app_stack_postgres_password": GOOD_PG,
+        "app_stack_redis_password": GOOD_REDIS,
+        "app_stack_blue_port": blue,
+        "app_stack_green_port": green,
+    }
+    spoilt = {
+        "valid": {},
+        "missing password": {"app_stack_postgres_password": ""},
+        "short password": {"app_stack_redis_password": "Sh0rt$pw"},
+        "monotonous password": {"app_stack_postgres_password": "abababababababababab"},
+        "quote in password": {"app_stack_redis_password": "it's-a-long-secret-1234"},
+        "upper-case image": {"app_stack_app_image": "Registry/Team/App:1"},
+        "image with spaces": {"app_stack_postgres_image": "postgres: 17"},
+        "untagged app image": {"app_stack_app_image": "registry.example.com/team/app"},
+        "colour ports clash": {"app_stack_green_port": blue},
+        "port held by another program": {"app_stack_green_port": busy_port},
+        "bad env name": {"app_stack_app_env": {"BAD-NAME": "x"}},
+    }
+    cases = [{"name": name, "vars": good | change} for name, change in spoilt.items()]
+    out = tmp_path_factory.mktemp("app_stack_input") / "outcomes.json"
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_CACHE_PLUGIN": "memory"}
+    extra = {"cases": cases, "out": str(out), "ansible_python_interpreter": sys.executable}
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "ansible-playbook"),
+        "--check",
+        "-i",
+        "localhost,",
+        str(ROOT / "tests" / "playbooks" / "app_stack_input.yml"),
+        "-e",
+        json.dumps(extra),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert GOOD_PG not in proc.stdout + proc.stderr
+    assert GOOD_REDIS not in proc.stdout + proc.stderr
+    return json.loads(Path(out).read_text())
+
+
+def test_valid_input_passes(outcomes: dict[str, dict]) -> None:
+    assert outcomes["valid"] == {"failed": False, "msg": ""}
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("missing password", "app_stack_postgres_password is missing or weak"),
+        ("short password", "app_stack_redis_password is missing or weak"),
+        ("monotonous password", "app_stack_postgres_password is missing or weak"),
+        ("quote in password", "app_stack_redis_password is missing or weak"),
+        ("upper-case image", "not a valid image reference"),
+        ("image with spaces", "not a valid image reference"),
+        ("untagged app image", "must name a tag or digest"),
+        ("colour ports clash", "distinct ports"),
+        ("port held by another program", "in use by another program"),
+        ("bad env name", "BAD-NAME must be a shell-style variable name"),
+    ],
+)
+def test_bad_input_fails_with_a_clear_message(outcomes: dict[str, dict], case: str, says: str) -> None:
+    assert outcomes[case]["failed"] is True
+    # (The failed result as registered; what the run prints is checked in `outcomes`: no secret.)
+    assert says in outcomes[case]["msg"]
