@@ -16,17 +16,40 @@ import json
 import shutil
 import sys
 import time
+from pathlib import Path
+from secrets import token_urlsafe
 
+import images
 from _lib import ROOT, VENV_BIN, log, output, run, venv_env
 
 HOST = "berth-demo"
+HTTPS_PORT, HTTP_PORT = 8443, 8080
 PLATFORMS = {
     "molecule_yml": {
         "platforms": [
-            {"name": HOST, "image": "berth-test:trixie", "groups": ["nested_docker"]},
+            {
+                "name": HOST,
+                "image": "berth-test:trixie",
+                "groups": ["nested_docker"],
+                # Reachable from this machine only (loopback), like a VPS's 443 and 80.
+                "published_ports": [f"127.0.0.1:{HTTPS_PORT}:443", f"127.0.0.1:{HTTP_PORT}:80"],
+            }
         ]
     }
 }
+DEMO = ROOT / ".cache" / "demo"
+SECRETS = DEMO / "secrets.yml"
+
+
+def secrets() -> Path:
+    """The demo's stand-in for Ansible Vault: random passwords, made once, mode 0600."""
+    if not SECRETS.exists():
+        DEMO.mkdir(parents=True, exist_ok=True)
+        SECRETS.touch(mode=0o600)
+        SECRETS.write_text(
+            "".join(f"app_stack_{name}_password: {token_urlsafe(24)}\n" for name in ("postgres", "redis"))
+        )
+    return SECRETS
 
 
 def playbook(path: str, *extra: str) -> None:
@@ -35,17 +58,26 @@ def playbook(path: str, *extra: str) -> None:
 
 def up() -> None:
     run([sys.executable, str(ROOT / "scripts" / "setup.py"), "--engine"])
-    run([sys.executable, str(ROOT / "scripts" / "images.py"), "trixie"])
+    run([sys.executable, str(ROOT / "scripts" / "images.py"), "trixie", "kit"])
     log(f"demo host {HOST}")
     playbook("molecule/shared/create.yml", "-e", json.dumps(PLATFORMS))
+    # What a real VPS does not need: the inner engine's test drop-in, and a local ACME server.
+    playbook("molecule/shared/inner-docker.yml", "-i", "inventories/local")
+    playbook("molecule/shared/pebble.yml", "-i", "inventories/local")
+    extra = ["-e", f"@{secrets()}", "-e", json.dumps({"app_stack_image_archives": [str(images.kit_tarball())]})]
     log("site.yml")
     start = time.monotonic()
-    playbook("site.yml", "-i", "inventories/local")
+    playbook("site.yml", "-i", "inventories/local", *extra)
     log(f"site.yml took {time.monotonic() - start:.0f} s")
+    root = DEMO / "pebble-root.pem"
+    root.write_text(output(["docker", "exec", HOST, "curl", "-sk", "https://127.0.0.1:15000/roots/0"]) + "\n")
     print(f"""
-The demo host {HOST} is provisioned.
+The demo host {HOST} is provisioned: nginx serves the app over HTTPS with a certificate from Pebble.
+  the app:            curl --cacert {root.relative_to(ROOT)} --resolve berth.localhost:{HTTPS_PORT}:127.0.0.1 \\
+                        https://berth.localhost:{HTTPS_PORT}/version
   shell on it:        docker exec -it {HOST} bash
-  run site.yml again: .venv/bin/ansible-playbook site.yml -i inventories/local   (changes nothing)
+  run site.yml again: .venv/bin/ansible-playbook site.yml -i inventories/local {" ".join(extra[:2])} \\
+                        -e '{extra[3]}'   (changes nothing)
   tear it down:       scripts/demo.py down
 """)
 
@@ -54,6 +86,7 @@ def down() -> None:
     run([sys.executable, str(ROOT / "scripts" / "setup.py")])
     playbook("molecule/shared/destroy.yml", "-e", json.dumps(PLATFORMS))
     shutil.rmtree(ROOT / ".cache" / "facts", ignore_errors=True)
+    shutil.rmtree(DEMO, ignore_errors=True)
     log("demo host removed")
 
 
