@@ -52,6 +52,14 @@ def secrets() -> Path:
     return SECRETS
 
 
+def admin_key() -> None:
+    """The demo admin's SSH key pair (inventories/local names it in hardening_admin_users)."""
+    key = DEMO / "admin_ed25519"
+    if not key.exists():
+        DEMO.mkdir(parents=True, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "berth-demo-admin", "-f", str(key)])
+
+
 def playbook(path: str, *extra: str) -> None:
     run([str(VENV_BIN / "ansible-playbook"), path, *extra], cwd=ROOT, env=venv_env())
 
@@ -64,6 +72,7 @@ def up() -> None:
     # What a real VPS does not need: the inner engine's test drop-in, and a local ACME server.
     playbook("molecule/shared/inner-docker.yml", "-i", "inventories/local")
     playbook("molecule/shared/pebble.yml", "-i", "inventories/local")
+    admin_key()
     extra = ["-e", f"@{secrets()}", "-e", json.dumps({"app_stack_image_archives": [str(images.kit_tarball())]})]
     log("site.yml")
     start = time.monotonic()
@@ -76,6 +85,8 @@ The demo host {HOST} is provisioned: nginx serves the app over HTTPS with a cert
   the app:            curl --cacert {root.relative_to(ROOT)} --resolve berth.localhost:{HTTPS_PORT}:127.0.0.1 \\
                         https://berth.localhost:{HTTPS_PORT}/version
   shell on it:        docker exec -it {HOST} bash
+  SSH as the admin:   ssh -i .cache/demo/admin_ed25519 berth@$(docker inspect -f \\
+                        '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' {HOST})
   run site.yml again: .venv/bin/ansible-playbook site.yml -i inventories/local {" ".join(extra[:2])} \\
                         -e '{extra[3]}'   (changes nothing)
   tear it down:       scripts/demo.py down

@@ -25,7 +25,7 @@ COLLECTIONS_REQ = ROOT / "collections" / "requirements.yml"
 COLLECTIONS_DIR = ROOT / "collections" / "ansible_collections"
 # The PyPI bundle that carries the same collection versions as collections/requirements.yml.
 BUNDLE = "ansible==12.3.0"
-APT_PACKAGES = ("docker.io", "debootstrap", "iptables", "gzip")
+APT_PACKAGES = ("docker.io", "debootstrap", "iptables", "gzip", "openssh-client")
 
 
 def stamp_ok(stamp: Path, key: str) -> bool:

@@ -55,7 +55,7 @@ def test_engine_and_compose_v2(host):
 def test_default_bridge_takes_its_subnet_from_the_pools(host):
     # Fresh host: daemon.json was in place before the engine first started (docker role default pool).
     subnet = host.check_output("docker network inspect -f '{{(index .IPAM.Config 0).Subnet}}' bridge")
-    assert subnet.startswith("172.30.")
+    assert subnet.startswith("10.201.")
 
 
 def test_all_services_running_and_healthy(host):
