@@ -148,6 +148,10 @@ def test_repeated_failures_get_banned_then_unbanned(probe, source_address):
 
 def test_firewall_and_docker_rules_survive_a_docker_restart(probe):
     host = get_host(TRIXIE)
+    # A firewall reload (as a config change does) must not wipe Docker's rules ...
+    host.check_output("systemctl reload nftables")
+    assert "8080" in host.check_output("nft list chain ip nat DOCKER")
+    # ... and an engine restart must not wipe the firewall.
     host.check_output("systemctl restart docker")
     # Both containers are "restart always": wait until Docker has published them again.
     deadline = time.monotonic() + 60
