@@ -7,7 +7,8 @@
 Streams one concise line per task result (host, task, status), writes `summary.json` and
 `junit.xml` under the artifacts directory, masks the values of the named secret environment
 variables (and of `-e` values whose key looks secret) in everything it prints or writes, and exits:
-0 all hosts ok, 2 a task failed, 3 a host was unreachable, 4 ansible-runner itself failed.
+0 all hosts ok, 2 a task failed, 3 a host was unreachable, 4 ansible-runner itself failed or no task
+ran at all (an empty group or --limit: a deploy that did nothing is not a success).
 """
 
 from __future__ import annotations
@@ -89,6 +90,10 @@ class Progress:
             return EXIT_UNREACHABLE
         if any(c.get("failed") for c in self.counts.values()):
             return EXIT_FAILED
+        if not self.outcomes:
+            # No task ran on any host (an empty group, a --limit matching nothing): a deploy that did
+            # nothing must not pass as a success.
+            return EXIT_RUNNER
         return EXIT_OK if runner_status == "successful" else EXIT_RUNNER
 
     def summary(self, playbook: str, runner_status: str, seconds: float) -> dict[str, Any]:
@@ -171,13 +176,15 @@ def main(argv: list[str] | None = None) -> int:
             extravars=extravars,
             envvars={
                 "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                # ansible-runner turns host key checking off unless told otherwise; ansible.cfg wants it on.
+                "ANSIBLE_HOST_KEY_CHECKING": os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "True"),
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             },
             event_handler=progress,
             quiet=True,
             suppress_env_files=True,
         )
-        if not progress.outcomes and result.status != "successful":
+        if not progress.outcomes:
             # Nothing ran (a syntax error, a missing playbook): show what ansible-playbook said.
             print(progress.mask(result.stdout.read())[-3000:], file=sys.stderr)
     seconds = time.monotonic() - start

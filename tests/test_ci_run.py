@@ -63,6 +63,13 @@ def test_runner_failure_without_task_failure() -> None:
     assert progress.exit_code("failed") == ci_run.EXIT_RUNNER
 
 
+def test_a_run_where_no_task_ran_is_not_a_success() -> None:
+    # ansible-playbook succeeds when the group is empty ("no hosts matched"); a deploy that did
+    # nothing must not pass in CI.
+    progress, _ = feed()
+    assert progress.exit_code("successful") == ci_run.EXIT_RUNNER
+
+
 def test_secrets_are_masked_everywhere(tmp_path: Path) -> None:
     progress, text = feed(
         event("runner_on_failed", task="Login with s3cr3t", msg="bad password s3cr3t"), secrets=["s3cr3t"]

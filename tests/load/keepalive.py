@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""A steady HTTPS load that never retries: berth's judge of "zero failed requests".
+
+Runs on the test host (standard library only). Each connection is one HTTP/1.1 keep-alive connection
+that sends GET requests at a fixed rate, like a plain client that does not retry (as `requests` does
+not): a reset, a timeout or a non-2xx answer counts as a failure, and the next request opens a new
+connection. Every answer's "version" (the demo app's /version) is recorded with its time.
+
+    keepalive.py --host release.test --path /version --connections 4 --rate 40 --duration 120 --out F
+
+Stops after --duration seconds or on SIGINT/SIGTERM, then writes a JSON summary to --out:
+{"sent", "ok", "failed", "errors": {kind: n}, "versions": {v: n}, "first_seen": {v: epoch},
+ "connections": [[[epoch, version], ...] per version change, ...]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import signal
+import ssl
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+STOP = threading.Event()
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.ok = 0
+        self.errors: Counter[str] = Counter()
+        self.versions: Counter[str] = Counter()
+        self.first_seen: dict[str, float] = {}
+
+    def record(self, version: str | None, error: str | None) -> None:
+        now = time.time()
+        with self.lock:
+            self.sent += 1
+            if error:
+                self.errors[error] += 1
+                return
+            self.ok += 1
+            self.versions[version or "?"] += 1
+            self.first_seen.setdefault(version or "?", now)
+
+
+def ask(conn: http.client.HTTPSConnection, path: str) -> tuple[str | None, str | None]:
+    """One request; returns (version, None) or (None, error kind). Never retried."""
+    try:
+        conn.request("GET", path, headers={"Connection": "keep-alive"})
+        response = conn.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        conn.close()
+        return None, type(exc).__name__
+    if not 200 <= response.status < 300:
+        return None, f"HTTP {response.status}"
+    try:
+        return str(json.loads(body).get("version")), None
+    except ValueError:
+        return "", None
+
+
+def worker(host: str, path: str, interval: float, tally: Tally, changes: list[tuple[float, str]]) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(host, 443, timeout=5, context=context)
+    last = None
+    next_at = time.monotonic()
+    while not STOP.is_set():
+        version, error = ask(conn, path)
+        tally.record(version, error)
+        if version is not None and version != last:
+            changes.append((time.time(), version))
+            last = version
+        next_at += interval
+        STOP.wait(max(0.0, next_at - time.monotonic()))
+    conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--path", default="/version")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=40.0, help="requests per second, all connections")
+    parser.add_argument("--duration", type=float, default=120.0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: STOP.set())
+    tally = Tally()
+    changes: list[list[tuple[float, str]]] = [[] for _ in range(args.connections)]
+    interval = args.connections / args.rate
+    threads = [
+        threading.Thread(target=worker, args=(args.host, args.path, interval, tally, changes[i]), daemon=True)
+        for i in range(args.connections)
+    ]
+    for thread in threads:
+        thread.start()
+    STOP.wait(args.duration)
+    STOP.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    summary = {
+        "sent": tally.sent,
+        "ok": tally.ok,
+        "failed": tally.sent - tally.ok,
+        "errors": dict(tally.errors),
+        "versions": dict(tally.versions),
+        "first_seen": tally.first_seen,
+        "connections": changes,
+    }
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary))
+    tmp.rename(args.out)
+
+
+if __name__ == "__main__":
+    main()

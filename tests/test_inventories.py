@@ -1,0 +1,437 @@
+"""Example inventories: the static ones resolve to the expected groups and variables (ansible-inventory),
+the dynamic inventory configs parse, and their plugins build berth's groups from a fake cloud API.
+
+No test reaches a real cloud API: the plugins are pointed at a local HTTP server on 127.0.0.1, and every
+other HTTP(S) request would go to a proxy on a closed local port."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.defaults
+import pytest
+import yaml
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.plugins.loader import filter_loader, init_plugin_loader, lookup_loader, test_loader
+from conftest import ROOT
+
+BIN = ROOT / ".venv" / "bin"
+ENVIRONMENTS = {
+    # environment: (the app host, its address, its site's domain)
+    "production": ("app1.example.com", "203.0.113.10", "example.com"),
+    "staging": ("app1.staging.example.com", "203.0.113.20", "staging.example.com"),
+}
+HCLOUD = ROOT / "inventories" / "hcloud" / "hcloud.yml"
+DIGITALOCEAN = ROOT / "inventories" / "digitalocean" / "digitalocean.yml"
+PLUGINS = {HCLOUD: "hetzner.hcloud.hcloud", DIGITALOCEAN: "community.digitalocean.digitalocean"}
+# Options whose values the plugins evaluate as Jinja2 expressions (not {{ }} templates).
+EXPRESSION_OPTIONS = ("compose", "groups", "filters")
+FAKE_TOKEN = "berth-test-token-not-real"  # sent only to the local fake API
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def env_dir(name: str) -> Path:
+    return ROOT / "inventories" / name
+
+
+def ansible_env(**extra: str) -> dict[str, str]:
+    """The environment of an ansible command: the project's config, no vault password, and any
+    HTTP(S) request not meant for 127.0.0.1 sent to a closed local port instead of the internet."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_VAULT", "HCLOUD_", "DO_"))}
+    dead_end = "http://127.0.0.1:9"
+    env.update(
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        HTTP_PROXY=dead_end,
+        HTTPS_PROXY=dead_end,
+        http_proxy=dead_end,
+        https_proxy=dead_end,
+        NO_PROXY="127.0.0.1",
+        no_proxy="127.0.0.1",
+        # An inventory source that does not parse is an error, not a warning and an empty inventory.
+        ANSIBLE_INVENTORY_UNPARSED_FAILED="true",
+        ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED="true",
+    )
+    env.update(extra)
+    return env
+
+
+def ansible(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]], cwd=ROOT, env=ansible_env(**extra_env), capture_output=True, text=True
+    )
+
+
+def plain(value: Any) -> Any:
+    """ansible-inventory's JSON without its markers of untrusted values ({"__ansible_unsafe": value})."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    return value
+
+
+def inventory_list(source: Path, **extra_env: str) -> dict[str, Any]:
+    proc = ansible("ansible-inventory", "-i", str(source), "--list", **extra_env)
+    assert proc.returncode == 0, proc.stderr
+    return plain(json.loads(proc.stdout))
+
+
+def members(inventory: dict[str, Any], group: str, kind: str = "hosts") -> set[str]:
+    return set(inventory.get(group, {}).get(kind, []))
+
+
+# --- The static examples -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=list(ENVIRONMENTS))
+def static(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    return request.param, inventory_list(env_dir(request.param))
+
+
+def test_static_inventory_groups(static: tuple[str, dict[str, Any]]) -> None:
+    name, inventory = static
+    host = ENVIRONMENTS[name][0]
+    assert {"berth", "monitoring"} <= members(inventory, "all", "children")
+    assert members(inventory, "berth", "children") == {"app"}
+    assert members(inventory, "app") == {host}
+    assert members(inventory, "monitoring") == {"prometheus.example.com"}
+    # The Prometheus server is not a berth host: no playbook runs on it.
+    assert "monitoring" not in members(inventory, "berth", "children")
+
+
+def test_static_inventory_variables(static: tuple[str, dict[str, Any]]) -> None:
+    name, inventory = static
+    host, address, domain = ENVIRONMENTS[name]
+    hostvars = inventory["_meta"]["hostvars"]
+    app = hostvars[host]
+    assert app["ansible_host"] == address
+    assert app["ansible_user"] == "deploy"
+    assert app["common_timezone"] == "Etc/UTC"
+    assert app["nginx_sites"][0]["domain"] == domain
+    assert app["app_stack_app_image"] == "registry.example.com/team/app:1.0.0"
+    assert app["app_stack_app_env"]["APP_ENV"] == name
+    assert app["app_stack_postgres_password"] == "{{ vault_app_stack_postgres_password }}"
+    assert app["hardening_firewall_source_rules"][0]["port"] == 9100
+    assert hostvars["prometheus.example.com"] == {"ansible_host": "198.51.100.20"}
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+def test_vault_example_is_not_loaded(name: str) -> None:
+    # group_vars/berth/vault.yml.example documents the secrets; Ansible must not load it (its extension
+    # is not one group_vars reads), or its placeholder values would become real settings.
+    example = load(env_dir(name) / "group_vars" / "berth" / "vault.yml.example")
+    assert example and all(key.startswith("vault_") for key in example)
+    inventory = inventory_list(env_dir(name))
+    for hostvars in inventory["_meta"]["hostvars"].values():
+        assert not [key for key in hostvars if key.startswith("vault_")]
+    # Only an encrypted vault.yml may sit in an inventory.
+    for vault in env_dir(name).rglob("vault.yml"):
+        assert vault.read_text().startswith("$ANSIBLE_VAULT;"), f"{vault} is not encrypted"
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+def test_every_vault_reference_has_an_example(name: str) -> None:
+    berth = env_dir(name) / "group_vars" / "berth"
+    referenced = set(re.findall(r"\bvault_\w+", json.dumps(load(berth / "vars.yml"))))
+    defined = set(load(berth / "vault.yml.example"))
+    assert referenced, "vars.yml takes no secret from the vault"
+    assert referenced == defined
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+def test_templated_settings_resolve(name: str) -> None:
+    # The firewall's node_exporter sources come from the monitoring group (evaluated on the controller,
+    # no connection to any host).
+    host = ENVIRONMENTS[name][0]
+    proc = ansible(
+        "ansible", "-i", str(env_dir(name)), host, "-c", "local", "-m", "ansible.builtin.debug",
+        "-a", "var=hardening_firewall_source_rules",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rules = json.loads(proc.stdout.split("=>", 1)[1])["hardening_firewall_source_rules"]
+    assert rules == [
+        {"port": 9100, "proto": "tcp", "sources": ["198.51.100.20"], "comment": "Prometheus scrapes node_exporter"}
+    ]
+    spec = {"hardening_firewall_source_rules": role_specs()["hardening"]["hardening_firewall_source_rules"]}
+    assert ArgumentSpecValidator(spec).validate({"hardening_firewall_source_rules": rules}).error_messages == []
+
+
+def role_specs() -> dict[str, dict[str, Any]]:
+    specs = {}
+    for path in sorted(ROOT.glob("roles/*/meta/argument_specs.yml")):
+        specs[path.parent.parent.name] = load(path)["argument_specs"]["main"]["options"]
+    return specs
+
+
+def owner(variable: str, specs: dict[str, dict[str, Any]]) -> str | None:
+    return next((role for role, options in specs.items() if variable in options), None)
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+def test_group_vars_are_role_options(name: str) -> None:
+    # A misspelt variable would be ignored silently by Ansible; here it fails.
+    specs = role_specs()
+    settings = load(env_dir(name) / "group_vars" / "berth" / "vars.yml")
+    unknown = [k for k in settings if not k.startswith("ansible_") and owner(k, specs) is None]
+    assert unknown == [], "not an option of any role (roles/*/meta/argument_specs.yml)"
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+def test_group_vars_pass_the_argument_specs(name: str) -> None:
+    # Values that are not templates are checked with the same validator the roles use.
+    specs = role_specs()
+    settings = load(env_dir(name) / "group_vars" / "berth" / "vars.yml")
+    for role, options in specs.items():
+        values = {k: v for k, v in settings.items() if k in options and "{{" not in json.dumps(v)}
+        result = ArgumentSpecValidator(options).validate(values)
+        assert result.error_messages == [], f"{role}: {result.error_messages}"
+
+
+def test_environments_set_the_same_variables() -> None:
+    production, staging = (set(load(env_dir(n) / "group_vars" / "berth" / "vars.yml")) for n in ENVIRONMENTS)
+    assert production == staging
+
+
+# --- The dynamic inventory configs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", list(PLUGINS), ids=lambda p: p.name)
+def test_plugin_config_names_its_plugin(config: Path) -> None:
+    assert load(config)["plugin"] == PLUGINS[config]
+
+
+def plugin_options(plugin: str) -> dict[str, Any]:
+    proc = ansible("ansible-doc", "-t", "inventory", plugin, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)[plugin]["doc"]["options"]
+
+
+def option_names(options: dict[str, Any]) -> set[str]:
+    return {alias for name, spec in options.items() for alias in [name, *(spec.get("aliases") or [])]}
+
+
+@pytest.mark.parametrize("config", list(PLUGINS), ids=lambda p: p.name)
+def test_plugin_config_options_are_documented(config: Path) -> None:
+    options = plugin_options(PLUGINS[config])
+    data = load(config)
+    assert set(data) - option_names(options) == set()
+    keyed = option_names(options["keyed_groups"]["suboptions"])
+    for entry in data.get("keyed_groups", []):
+        assert set(entry) - keyed == set()
+
+
+@pytest.mark.parametrize("config", list(PLUGINS), ids=lambda p: p.name)
+def test_plugin_config_keeps_the_token_out(config: Path) -> None:
+    data = load(config)
+    token_keys = {"api_token", "token", "oauth_token"} & set(data)
+    for key in token_keys:
+        assert re.fullmatch(r"\{\{ lookup\('ansible\.builtin\.env', '\w+'\) \}\}", data[key]), key
+    assert not {"api_endpoint", "baseurl"} & set(data), "the default (the provider's) API endpoint is meant"
+
+
+def expressions(data: dict[str, Any]) -> list[str]:
+    found = [entry["key"] for entry in data.get("keyed_groups", [])]
+    for option in EXPRESSION_OPTIONS:
+        value = data.get(option) or []
+        found += list(value.values()) if isinstance(value, dict) else list(value)
+    return found
+
+
+@functools.cache
+def plugin_loaders() -> None:
+    init_plugin_loader()
+
+
+def unknown_plugins(tree: jinja2.nodes.Template) -> list[str]:
+    plugin_loaders()
+    missing = [
+        f.name
+        for f in tree.find_all(jinja2.nodes.Filter)
+        if f.name not in jinja2.defaults.DEFAULT_FILTERS and filter_loader.get(f.name) is None
+    ]
+    missing += [
+        t.name
+        for t in tree.find_all(jinja2.nodes.Test)
+        if t.name not in jinja2.defaults.DEFAULT_TESTS and test_loader.get(t.name) is None
+    ]
+    for call in tree.find_all(jinja2.nodes.Call):
+        if isinstance(call.node, jinja2.nodes.Name) and call.node.name == "lookup":
+            name = call.args[0].value  # type: ignore[attr-defined]
+            missing += [] if lookup_loader.get(name) else [name]
+    return missing
+
+
+@pytest.mark.parametrize("config", list(PLUGINS), ids=lambda p: p.name)
+def test_plugin_config_expressions_compile(config: Path) -> None:
+    data = load(config)
+    env = jinja2.Environment(autoescape=False)  # only parsed, never rendered
+    found = expressions(data)
+    assert found, "no group or compose expression found"
+    templates = [f"{{{{ {expression} }}}}" for expression in found]
+    templates += [v for v in data.values() if isinstance(v, str) and "{{" in v]
+    for template in templates:
+        tree = env.parse(template)  # raises TemplateSyntaxError on a broken expression
+        assert unknown_plugins(tree) == [], template
+
+
+# --- The plugins against a fake API on 127.0.0.1 ----------------------------------------------------
+
+
+def hcloud_server(ident: int, name: str, ipv4: str, location: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "name": name,
+        "status": "running",
+        "created": "2026-01-01T00:00:00+00:00",
+        "labels": labels,
+        "server_type": {"id": 1, "name": "cx22", "architecture": "x86"},
+        "datacenter": {"id": 1, "name": f"{location}-dc1", "location": {"id": 1, "name": location}},
+        "image": {"id": 7, "name": "debian-13", "os_flavor": "debian", "description": "Debian 13"},
+        "public_net": {
+            "ipv4": {"id": ident, "ip": ipv4, "blocked": False, "dns_ptr": f"static.{ipv4}.example.com"},
+            "ipv6": {"id": ident + 100, "ip": f"2001:db8:{ident}::/64", "blocked": False, "dns_ptr": []},
+            "floating_ips": [],
+            "firewalls": [],
+        },
+        "private_net": [],
+    }
+
+
+def droplet(ident: int, name: str, ipv4: str, region: str, tags: list[str]) -> dict[str, Any]:
+    networks = {
+        "v4": [
+            {"ip_address": "10.10.0.5", "type": "private", "netmask": "255.255.0.0", "gateway": "10.10.0.1"},
+            {"ip_address": ipv4, "type": "public", "netmask": "255.255.255.0", "gateway": "203.0.113.1"},
+        ],
+        "v6": [],
+    }
+    return {"id": ident, "name": name, "networks": networks, "region": {"slug": region}, "tags": tags,
+            "size_slug": "s-1vcpu-1gb", "status": "active"}  # fmt: skip
+
+
+PAGE = {"pagination": {"page": 1, "per_page": 50, "previous_page": None, "next_page": None, "last_page": 1}}
+FAKE_API = {
+    # path (without the query): the JSON answer of the provider's API
+    "/hcloud/v1/locations": {"locations": [{"id": 1, "name": "fsn1"}], "meta": PAGE},
+    "/hcloud/v1/servers": {
+        "servers": [
+            hcloud_server(1, "app1", "203.0.113.10", "fsn1", {"berth": "production", "role": "app"}),
+            hcloud_server(2, "prometheus", "198.51.100.20", "nbg1", {"role": "monitoring"}),
+            hcloud_server(3, "unrelated", "203.0.113.99", "fsn1", {}),
+        ],
+        "meta": PAGE,
+    },
+    "/do/v2/droplets": {
+        "droplets": [
+            droplet(11, "app1", "203.0.113.10", "fra1", ["berth", "role:app", "env:production"]),
+            droplet(12, "prometheus", "198.51.100.20", "ams3", ["role:monitoring", "env:production"]),
+            droplet(13, "unrelated", "203.0.113.99", "fra1", ["env:production"]),
+            droplet(14, "app1-staging", "203.0.113.20", "fra1", ["berth", "role:app", "env:staging"]),
+        ],
+        "links": {},
+        "meta": {"total": 4},
+    },
+}
+
+
+@dataclass
+class FakeApi:
+    url: str
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (path, Authorization header)
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeApi]:
+    api = FakeApi(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            api.requests.append((path, self.headers.get("Authorization", "")))
+            ok = path in FAKE_API and self.headers.get("Authorization") == f"Bearer {FAKE_TOKEN}"
+            body = json.dumps(FAKE_API[path] if ok else {"error": {"code": "unauthorized"}}).encode()
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    api.url = f"http://127.0.0.1:{server.server_port}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield api
+    server.shutdown()
+    server.server_close()
+
+
+def local_copy(config: Path, tmp_path: Path, endpoint_option: str, endpoint: str) -> Path:
+    """The config as it is, pointed at the fake API (the plugins pick files by their name's ending)."""
+    assert endpoint.startswith("http://127.0.0.1:")
+    copy = tmp_path / config.name
+    copy.write_text(config.read_text() + f"{endpoint_option}: {endpoint}\n")
+    assert load(copy)[endpoint_option] == endpoint
+    return copy
+
+
+def assert_berth_groups(inventory: dict[str, Any], hostvars: dict[str, Any]) -> None:
+    assert members(inventory, "berth") == {"app1"}
+    assert members(inventory, "app") == {"app1"}
+    assert members(inventory, "monitoring") == {"prometheus"}
+    assert hostvars["app1"]["ansible_host"] == "203.0.113.10"
+    assert hostvars["prometheus"]["ansible_host"] == "198.51.100.20"
+
+
+def test_hcloud_plugin_builds_the_groups(fake_api: FakeApi, tmp_path: Path) -> None:
+    if importlib.util.find_spec("dateutil") is None:
+        pytest.skip("python-dateutil is not in .venv, and hetzner.hcloud's inventory plugin needs it")
+    config = local_copy(HCLOUD, tmp_path, "api_endpoint", f"{fake_api.url}/hcloud/v1")
+    inventory = inventory_list(config, HCLOUD_TOKEN=FAKE_TOKEN)
+    hostvars = inventory["_meta"]["hostvars"]
+    assert_berth_groups(inventory, hostvars)
+    assert members(inventory, "hcloud") == {"app1", "prometheus", "unrelated"}
+    assert members(inventory, "hcloud_location_fsn1") == {"app1", "unrelated"}
+    assert hostvars["app1"]["hcloud_labels"] == {"berth": "production", "role": "app"}
+    assert {path for path, _ in fake_api.requests} == {"/hcloud/v1/locations", "/hcloud/v1/servers"}
+    assert {auth for _, auth in fake_api.requests} == {f"Bearer {FAKE_TOKEN}"}
+
+
+def test_digitalocean_plugin_builds_the_groups(fake_api: FakeApi, tmp_path: Path) -> None:
+    config = local_copy(DIGITALOCEAN, tmp_path, "baseurl", f"{fake_api.url}/do/v2")
+    inventory = inventory_list(config, DO_API_TOKEN=FAKE_TOKEN)
+    hostvars = inventory["_meta"]["hostvars"]
+    assert_berth_groups(inventory, hostvars)
+    # Only this environment's droplets: the staging one is filtered out.
+    assert set(hostvars) == {"app1", "prometheus", "unrelated"}
+    assert members(inventory, "do_region_fra1") == {"app1", "unrelated"}
+    assert fake_api.requests == [("/do/v2/droplets", f"Bearer {FAKE_TOKEN}")]
+
+
+def test_digitalocean_plugin_without_token_is_refused(fake_api: FakeApi, tmp_path: Path) -> None:
+    # No DO_API_TOKEN: the request carries no usable token and the inventory fails loudly.
+    config = local_copy(DIGITALOCEAN, tmp_path, "baseurl", f"{fake_api.url}/do/v2")
+    proc = ansible("ansible-inventory", "-i", str(config), "--list")
+    assert proc.returncode != 0
+    assert "401" in proc.stderr
+    assert fake_api.requests == [("/do/v2/droplets", "Bearer ")]
