@@ -41,14 +41,17 @@ DEMO = ROOT / ".cache" / "demo"
 SECRETS = DEMO / "secrets.yml"
 
 
+SECRET_NAMES = ("app_stack_postgres_password", "app_stack_redis_password", "backup_password")
+
+
 def secrets() -> Path:
-    """The demo's stand-in for Ansible Vault: random passwords, made once, mode 0600."""
-    if not SECRETS.exists():
-        DEMO.mkdir(parents=True, exist_ok=True)
-        SECRETS.touch(mode=0o600)
-        SECRETS.write_text(
-            "".join(f"app_stack_{name}_password: {token_urlsafe(24)}\n" for name in ("postgres", "redis"))
-        )
+    """The demo's stand-in for Ansible Vault: random passwords, made once (missing ones added), mode 0600."""
+    DEMO.mkdir(parents=True, exist_ok=True)
+    SECRETS.touch(mode=0o600)
+    known = SECRETS.read_text()
+    missing = [name for name in SECRET_NAMES if f"{name}:" not in known]
+    if missing:
+        SECRETS.write_text(known + "".join(f"{name}: {token_urlsafe(24)}\n" for name in missing))
     return SECRETS
 
 
@@ -78,6 +81,9 @@ def up() -> None:
     start = time.monotonic()
     playbook("site.yml", "-i", "inventories/local", *extra)
     log(f"site.yml took {time.monotonic() - start:.0f} s")
+    # The first release: records v1 (which the stack started) as the live release; changes nothing later.
+    log("first release")
+    playbook("playbooks/deploy.yml", "-i", "inventories/local", "-e", "app_version=v1")
     root = DEMO / "pebble-root.pem"
     root.write_text(output(["docker", "exec", HOST, "curl", "-sk", "https://127.0.0.1:15000/roots/0"]) + "\n")
     print(f"""
@@ -89,7 +95,9 @@ The demo host {HOST} is provisioned: nginx serves the app over HTTPS with a cert
                         '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' {HOST})
   run site.yml again: .venv/bin/ansible-playbook site.yml -i inventories/local {" ".join(extra[:2])} \\
                         -e '{extra[3]}'   (changes nothing)
-  tear it down:       scripts/demo.py down
+  deploy v2:          .venv/bin/ansible-playbook playbooks/deploy.yml -i inventories/local -e app_version=v2
+  roll back:          .venv/bin/ansible-playbook playbooks/rollback.yml -i inventories/local
+  tear it down:       scripts/demo.py down   (removes the host, its volumes and network)
 """)
 
 

@@ -123,7 +123,7 @@ def test_static_inventory_variables(static: tuple[str, dict[str, Any]]) -> None:
     hostvars = inventory["_meta"]["hostvars"]
     app = hostvars[host]
     assert app["ansible_host"] == address
-    assert app["ansible_user"] == "deploy"
+    assert app["ansible_user"] == "{{ berth_ssh_user | default('deploy') }}"
     assert app["common_timezone"] == "Etc/UTC"
     assert app["nginx_sites"][0]["domain"] == domain
     assert app["app_stack_app_image"] == "registry.example.com/team/app:1.0.0"

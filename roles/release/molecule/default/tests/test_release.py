@@ -24,7 +24,7 @@ sys.path.insert(0, str(PROJECT / "tests" / "load"))
 from release_phases import LoadedHost, Phase  # noqa: E402
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-NAME, SECOND = "berth-release-trixie", "berth-release-second"
+NAME, SECOND = "berth-release-trixie", "berth-release-trixie2"
 SITE = "release.test"
 DEPLOY, ROLLBACK = "playbooks/deploy.yml", "playbooks/rollback.yml"
 STATE, AUDIT, COLOUR = "/var/lib/berth/release.json", "/var/log/berth/release.log", "/var/lib/berth/live-colour"

@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""berth's benchmarks: how fast a host is provisioned, re-run, released and rolled back.
+
+    scripts/bench.py                       # everything, 3 repetitions where a repetition is cheap
+    scripts/bench.py --only second,release --repeat 5
+    scripts/bench.py --only parallel --hosts 5
+
+Every figure is measured on local test hosts (Debian 13 systemd containers, as in the demo) twice,
+side by side: with berth's ansible.cfg ("berth") and with plain ansible-core defaults ("baseline": no
+pipelining, facts gathered by every play, no fact cache, 5 forks), so that each optimisation shows as a
+ratio. Phases:
+
+    cold       site.yml on a fresh host (a new host per repetition)
+    second     site.yml again on the converged host (must change nothing)
+    release    deploy of an image already on the host (a new tag of v2, so a real start of the idle
+               colour) and rollback to the warm previous colour, under steady HTTPS load through
+               nginx; "switched" is command start -> first answer from the new version
+    parallel   site.yml on N fresh hosts at once versus one (berth's configuration only)
+
+Prints a table (median / min / max, tasks, changed, slowest tasks) and writes artifacts/bench.json.
+The hosts are removed at the end (--keep leaves them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import demo
+import images
+from _lib import ROOT, VENV_BIN, log, run, venv_env
+
+sys.path.insert(0, str(ROOT / "tests" / "load"))
+from release_phases import LoadedHost
+
+INVENTORY = ROOT / ".cache" / "bench-inventory"
+OUT = ROOT / "artifacts" / "bench.json"
+SITE = "berth.localhost"
+PROFILES: dict[str, dict[str, str]] = {
+    "berth": {},
+    "baseline": {
+        "ANSIBLE_PIPELINING": "False",
+        "ANSIBLE_GATHERING": "implicit",
+        "ANSIBLE_CACHE_PLUGIN": "memory",
+        "ANSIBLE_FORKS": "5",
+    },
+}
+PHASES = ("cold", "second", "release", "parallel")
+
+
+# --- test hosts -----------------------------------------------------------------------------------
+
+
+def platforms(names: list[str]) -> str:
+    return json.dumps(
+        {
+            "molecule_yml": {
+                "platforms": [{"name": n, "image": "berth-test:trixie", "groups": ["nested_docker"]} for n in names]
+            }
+        }
+    )
+
+
+def write_inventory(names: list[str]) -> Path:
+    """An inventory like inventories/local (same group_vars) naming the bench hosts."""
+    INVENTORY.mkdir(parents=True, exist_ok=True)
+    hosts = {n: {"ansible_connection": "community.docker.docker"} for n in names}
+    doc = {"all": {"children": {"berth": {"hosts": hosts}, "nested_docker": {"hosts": dict.fromkeys(names)}}}}
+    (INVENTORY / "hosts.yml").write_text(json.dumps(doc, indent=2))
+    link = INVENTORY / "group_vars"
+    if not link.exists():
+        link.symlink_to(ROOT / "inventories" / "local" / "group_vars")
+    return INVENTORY
+
+
+def playbook_quiet(path: str, *extra: str) -> None:
+    run([str(VENV_BIN / "ansible-playbook"), path, *extra], cwd=ROOT, env=venv_env(), stdout=subprocess.DEVNULL)
+
+
+def create(names: list[str]) -> Path:
+    """Fresh hosts with what a test host needs (inner engine drop-in, Pebble) and the load tools."""
+    destroy(names)
+    playbook_quiet("molecule/shared/create.yml", "-e", platforms(names))
+    inventory = write_inventory(names)
+    playbook_quiet("molecule/shared/inner-docker.yml", "-i", str(inventory))
+    playbook_quiet("molecule/shared/pebble.yml", "-i", str(inventory))
+    for name in names:
+        subprocess.run(
+            [
+                "docker",
+                "exec",
+                name,
+                "sh",
+                "-c",
+                f"apt-get install -y -q wrk >/dev/null && echo '127.0.0.1 {SITE}' >> /etc/hosts",
+            ],
+            check=True,
+        )
+    return inventory
+
+
+def destroy(names: list[str]) -> None:
+    playbook_quiet("molecule/shared/destroy.yml", "-e", platforms(names))
+
+
+# --- running playbooks and reading what they did -------------------------------------------------
+
+
+def parse_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def ansible(profile: str, inventory: Path, playbook: str, *extra: str) -> dict:
+    """Run a playbook with a profile's settings; return its time, task counts and slowest tasks."""
+    env = (
+        venv_env()
+        | PROFILES[profile]
+        # JSON on stdout (task timings included); profile_tasks would print into it, so the enabled
+        # callbacks are replaced by one that prints nothing (an empty list is refused by ansible-core).
+        | {
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+            "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.junit",
+            "JUNIT_OUTPUT_DIR": str(ROOT / ".cache" / "bench-junit"),
+        }
+    )
+    if profile == "baseline":
+        env["ANSIBLE_CACHE_PLUGIN_CONNECTION"] = ""
+    start = time.monotonic()
+    done = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), playbook, *site_vars(), *extra],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.monotonic() - start
+    if done.returncode != 0:
+        sys.exit(f"bench: {playbook} failed ({profile}):\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
+    report = json.loads(done.stdout)
+    durations: dict[str, float] = {}
+    tasks = 0
+    for play in report["plays"]:
+        for task in play["tasks"]:
+            tasks += 1
+            span = task["task"].get("duration", {})
+            if span.get("start") and span.get("end"):
+                name = task["task"]["name"] or "(unnamed)"
+                durations[name] = durations.get(name, 0.0) + parse_time(span["end"]) - parse_time(span["start"])
+    stats = report["stats"]
+    slowest = sorted(durations.items(), key=lambda kv: -kv[1])[:5]
+    return {
+        "seconds": round(seconds, 2),
+        "tasks": tasks,
+        "changed": sum(s.get("changed", 0) for s in stats.values()),
+        "ok": sum(s.get("ok", 0) for s in stats.values()),
+        "slowest": [[name, round(t, 2)] for name, t in slowest],
+    }
+
+
+def site_vars() -> list[str]:
+    """What demo.py passes to site.yml: the demo secrets and the test kit's image archive."""
+    return ["-e", f"@{demo.secrets()}", "-e", json.dumps({"app_stack_image_archives": [str(images.kit_tarball())]})]
+
+
+# --- phases --------------------------------------------------------------------------------------
+
+
+def cold(repeat: int) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {p: [] for p in PROFILES}
+    for i in range(repeat):
+        for profile in PROFILES:
+            name = f"berth-bench-cold-{profile}"
+            inventory = create([name])
+            log(f"cold site.yml ({profile}, {i + 1}/{repeat})")
+            results[profile].append(ansible(profile, inventory, "site.yml"))
+            destroy([name])
+    return results
+
+
+def converged() -> Path:
+    """The host of the second and release phases: site.yml and a first release, once."""
+    name = "berth-bench-1"
+    inventory = create([name])
+    log("site.yml and the first release, to converge the host")
+    ansible("berth", inventory, "site.yml")
+    ansible("berth", inventory, "playbooks/deploy.yml", "-e", "app_version=v1")
+    return inventory
+
+
+def second(repeat: int, inventory: Path) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {p: [] for p in PROFILES}
+    for i in range(repeat):
+        for profile in PROFILES:
+            log(f"second site.yml ({profile}, {i + 1}/{repeat})")
+            results[profile].append(ansible(profile, inventory, "site.yml"))
+    return results
+
+
+def release(repeat: int, inventory: Path, wrk: int) -> dict[str, dict[str, list[dict]]]:
+    """Deploy (a new tag of an image on the host) and rollback (to the warm colour), under load."""
+    # The steady keep-alive client only by default: wrk floods as fast as it can and would take the
+    # machine's CPUs from the deploy being timed (--wrk adds it, as the release scenario's tests do).
+    host = LoadedHost("berth-bench-1", SITE, str(inventory / "hosts.yml"), wrk_connections=wrk)
+    host.install_client()
+    results: dict[str, dict[str, list[dict]]] = {
+        "deploy": {p: [] for p in PROFILES},
+        "rollback": {p: [] for p in PROFILES},
+    }
+    for i in range(repeat):
+        for profile in PROFILES:
+            tag = f"bench-{profile}-{i}"
+            host.docker("docker", "tag", "berth-demo-app:v2", f"berth-demo-app:{tag}")
+            for kind, playbook, extra, version in (
+                ("deploy", "playbooks/deploy.yml", ["-e", f"app_version={tag}"], "v2"),
+                ("rollback", "playbooks/rollback.yml", [], "v1"),
+            ):
+                log(f"{kind} under load ({profile}, {i + 1}/{repeat})")
+                host.extra_env = PROFILES[profile]
+                phase = host.phase(f"{kind}-{profile}-{i}", playbook, *extra)
+                if phase.rc != 0:
+                    sys.exit(f"bench: {kind} failed:\n{phase.output[-4000:]}")
+                results[kind][profile].append(
+                    {
+                        "seconds": round(phase.seconds, 2),
+                        "switched": round(phase.switched_after(version) or -1, 2),
+                        "sent": phase.load["sent"] + phase.wrk["requests"],
+                        "failed": phase.failed,
+                        # the machine's 1-minute load average after the phase (other work skews figures)
+                        "load": round(os.getloadavg()[0], 1),
+                    }
+                )
+    return results
+
+
+def parallel(count: int, keep: bool) -> dict[str, list[dict]]:
+    names = [f"berth-bench-p{i}" for i in range(1, count + 1)]
+    results: dict[str, list[dict]] = {}
+    for group in ([names[0]], names):
+        inventory = create(group)
+        log(f"site.yml on {len(group)} host(s) at once")
+        results[f"{len(group)} host(s)"] = [ansible("berth", inventory, "site.yml")]
+        if not keep:
+            destroy(group)
+    return results
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def spread(runs: list[dict], key: str) -> str:
+    values = [r[key] for r in runs if r.get(key, -1) >= 0]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def row(measure: str, profile: str, runs: list[dict]) -> str:
+    first = runs[0]
+    switched = spread(runs, "switched") if "switched" in first else ""
+    changed = "/".join(str(r["changed"]) for r in runs) if "changed" in first else ""
+    requests = f"{sum(r['sent'] for r in runs)} / {sum(r['failed'] for r in runs)}" if "sent" in first else ""
+    cells = [measure, profile, len(runs), spread(runs, "seconds"), switched, first.get("tasks", ""), changed, requests]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def table(results: dict) -> str:
+    rows = [
+        "| measure | profile | runs | seconds: median (min-max) | switched (s) | tasks | changed | sent / failed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for phase, data in results.items():
+        if phase == "release":
+            rows += [row(kind, profile, runs) for kind, profiles in data.items() for profile, runs in profiles.items()]
+        else:
+            rows += [row(f"{phase} site.yml", profile, runs) for profile, runs in data.items()]
+    return "\n".join(rows)
+
+
+def slowest(results: dict) -> str:
+    lines = []
+    for phase in ("cold", "second"):
+        for profile, runs in results.get(phase, {}).items():
+            top = ", ".join(f"{name} {t:.1f}s" for name, t in runs[-1]["slowest"])
+            lines.append(f"- {phase} site.yml, {profile}: {top}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(PHASES), help=f"comma-separated phases: {', '.join(PHASES)}")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions of second and release")
+    parser.add_argument("--cold-repeat", type=int, default=1, help="repetitions of cold (a new host each)")
+    parser.add_argument("--hosts", type=int, default=5, help="hosts of the parallel phase")
+    parser.add_argument("--wrk", type=int, default=0, help="also run wrk with this many connections in release")
+    parser.add_argument("--keep", action="store_true", help="leave the bench hosts running")
+    args = parser.parse_args()
+    only = [p for p in args.only.split(",") if p]
+    if unknown := set(only) - set(PHASES):
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    run([sys.executable, str(ROOT / "scripts" / "setup.py"), "--engine"])
+    run([sys.executable, str(ROOT / "scripts" / "images.py"), "trixie", "kit"])
+    demo.admin_key()
+    results: dict = {}
+    started = time.monotonic()
+    if "cold" in only:
+        results["cold"] = cold(args.cold_repeat)
+    if {"second", "release"} & set(only):
+        inventory = converged()
+        if "second" in only:
+            results["second"] = second(args.repeat, inventory)
+        if "release" in only:
+            results["release"] = release(args.repeat, inventory, args.wrk)
+        if not args.keep:
+            destroy(["berth-bench-1"])
+    if "parallel" in only:
+        results["parallel"] = parallel(args.hosts, keep=args.keep)
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(
+        json.dumps(
+            {"when": datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(), "results": results}, indent=2
+        )
+    )
+    print(f"\n{table(results)}\n\nSlowest tasks (last run):\n{slowest(results)}\n")
+    log(f"bench took {time.monotonic() - started:.0f} s; figures in {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
