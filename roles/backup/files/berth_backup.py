@@ -1,0 +1,1206 @@
+#!/usr/bin/python3
+"""berth-backup: back up, test-restore and restore a berth host's compose stack with restic.
+
+Installed by the berth `backup` role as /usr/local/sbin/berth-backup and configured by
+/etc/berth/backup/config.json (written by the role). Python standard library only; it drives
+`docker` and `restic`.
+
+    berth-backup run [--print-record]
+        The backup cron runs: pg_dump of the running PostgreSQL container (custom format, one
+        exported snapshot for the dump and the row counts/checksums), a fresh Redis RDB, the
+        configured volumes and paths -> `restic backup` to every repository, then forget/prune
+        and check. Writes a record, the state and the node_exporter metrics.
+    berth-backup verify [--repository NAME] [--snapshot ID] [--print-record]
+        Restore test: the snapshot's dump into a scratch PostgreSQL container (no network) and its
+        RDB into a scratch Redis; row counts and checksums must equal the ones in the manifest.
+    berth-backup restore --components postgres,redis,volumes[,paths] [--repository NAME] [--snapshot ID]
+        Restore into the live stack. The app's own services must be stopped (restore.yml does it).
+    berth-backup snapshots [--repository NAME]      the snapshots of a repository (JSON)
+    berth-backup init [--dry-run]                   create missing repositories (JSON: name -> state)
+    berth-backup restic NAME [RESTIC ARGS...]       run restic against a configured repository
+
+Exit status: 0 success; 1 failed; 2 restore failed before it changed anything; 75 another run
+holds the lock. Errors go to stderr (cron mails them) and to syslog (journalctl -t berth-backup).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import logging.handlers
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+CONFIG_FILE = Path("/etc/berth/backup/config.json")
+STATE_DIR = Path("/var/lib/berth/backup")
+STAGING = STATE_DIR / "staging"
+TAG = "berth"
+EXIT_FAILED = 1
+EXIT_UNTOUCHED = 2
+EXIT_LOCKED = 75
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+COMPONENTS = ("postgres", "redis", "volumes", "paths")
+# The same text form of every value in the source and in a restored copy, whatever the server's defaults.
+PG_SESSION = (
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; "
+    "SET extra_float_digits = 1; SET bytea_output = 'hex';"
+)
+PG_TABLES = (
+    "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1;"
+)
+LOG = logging.getLogger("berth-backup")
+
+
+class BackupError(Exception):
+    """A step failed. The message says which and why, and never holds a secret."""
+
+
+class LockedError(Exception):
+    """Another run holds the lock."""
+
+
+@dataclass(frozen=True)
+class Repository:
+    name: str
+    url: str
+    options: tuple[str, ...]
+    env_file: str | None
+
+
+@dataclass(frozen=True)
+class Config:
+    project: str
+    host: str
+    postgres_service: str | None
+    redis_service: str | None
+    paths: tuple[str, ...]
+    exclude: tuple[str, ...]
+    volumes: tuple[str, ...]
+    repositories: tuple[Repository, ...]
+    password_file: str
+    keep: dict[str, int]
+    prune: bool
+    check: bool
+    check_read_data_subset: str
+    cache_dir: str
+    metrics_dir: Path
+    records_keep: int
+    restore_test_repository: str
+    wait_timeout: int
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        data = json.loads(path.read_text())
+        repos = tuple(
+            Repository(r["name"], r["url"], tuple(r.get("options", [])), r.get("env_file"))
+            for r in data["repositories"]
+        )
+        return cls(
+            project=data["project"],
+            host=data["host"],
+            postgres_service=data.get("postgres_service"),
+            redis_service=data.get("redis_service"),
+            paths=tuple(data.get("paths", [])),
+            exclude=tuple(data.get("exclude", [])),
+            volumes=tuple(data.get("volumes", [])),
+            repositories=repos,
+            password_file=data["password_file"],
+            keep={k: int(v) for k, v in data["keep"].items()},
+            prune=bool(data.get("prune", True)),
+            check=bool(data.get("check", True)),
+            check_read_data_subset=data.get("check_read_data_subset", ""),
+            cache_dir=data.get("cache_dir", "/var/cache/berth-backup"),
+            metrics_dir=Path(data["metrics_dir"]),
+            records_keep=int(data.get("records_keep", 200)),
+            restore_test_repository=data.get("restore_test_repository") or repos[0].name,
+            wait_timeout=int(data.get("wait_timeout", 600)),
+        )
+
+    def repository(self, name: str | None) -> Repository:
+        wanted = name or self.restore_test_repository
+        for repo in self.repositories:
+            if repo.name == wanted:
+                return repo
+        names = ", ".join(r.name for r in self.repositories)
+        raise BackupError(f"no repository named {wanted!r} (configured: {names})")
+
+
+# --- small helpers -------------------------------------------------------------------------------
+
+
+def tail(data: bytes | str | None, limit: int = 800) -> str:
+    text = data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+    text = " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    return text[-limit:] if text else "(no output)"
+
+
+def run(
+    argv: list[str],
+    what: str,
+    *,
+    env: dict[str, str] | None = None,
+    stdin: IO[bytes] | None = None,
+    stdout: IO[bytes] | int = subprocess.PIPE,
+    timeout: float | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command; on failure raise BackupError naming `what` with the end of its stderr."""
+    LOG.debug("run: %s", " ".join(argv[:4]))
+    try:
+        proc = subprocess.run(
+            argv, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BackupError(f"{what}: no answer after {timeout:.0f} s") from exc
+    if check and proc.returncode != 0:
+        raise BackupError(f"{what} failed (exit {proc.returncode}): {tail(proc.stderr)}")
+    return proc
+
+
+def out(argv: list[str], what: str, **kwargs: Any) -> str:
+    return run(argv, what, **kwargs).stdout.decode().strip()
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write a file so that readers see the old or the new content, never a part (temp + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(tmp).chmod(mode)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """KEY=value lines (values optionally in single quotes), as the role writes them."""
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            if len(value) >= 2 and value[0] == value[-1] == "'":
+                value = value[1:-1]
+            values[key.strip()] = value
+    return values
+
+
+def now_iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def empty_dir(path: Path) -> None:
+    """Remove what is inside path (path itself may be a mount point and stays)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+@contextlib.contextmanager
+def lock(name: str) -> Iterator[None]:
+    """One run at a time (flock on a file under the state directory; released when the process ends)."""
+    STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with (STATE_DIR / name).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise LockedError(f"another berth-backup run holds {STATE_DIR / name}") from exc
+        yield
+
+
+def wait_until(what: str, timeout: float, probe: Any, interval: float = 0.5) -> Any:
+    """Call probe() until it returns something true; BackupError after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BackupError(f"{what}: not reached after {timeout:.0f} s")
+        time.sleep(interval)
+
+
+# --- docker --------------------------------------------------------------------------------------
+
+
+def project_containers(cfg: Config, service: str | None = None, *, running: bool = True) -> list[str]:
+    argv = ["docker", "ps", "-q", "--no-trunc", "--filter", f"label=com.docker.compose.project={cfg.project}"]
+    if service:
+        argv += ["--filter", f"label=com.docker.compose.service={service}"]
+    if not running:
+        argv.append("--all")
+    return out(argv, "docker ps").split()
+
+
+def service_container(cfg: Config, service: str, *, running: bool = True) -> str:
+    found = project_containers(cfg, service, running=running)
+    if not found:
+        state = "running" if running else "present"
+        raise BackupError(f"service {service} of compose project {cfg.project} is not {state}")
+    return found[0]
+
+
+def running_services(cfg: Config) -> set[str]:
+    fmt = '{{.Label "com.docker.compose.service"}}'
+    argv = ["docker", "ps", "--format", fmt, "--filter", f"label=com.docker.compose.project={cfg.project}"]
+    return set(out(argv, "docker ps").split())
+
+
+def inspect(container: str) -> dict[str, Any]:
+    return json.loads(out(["docker", "inspect", container], "docker inspect"))[0]
+
+
+def container_env(container: str) -> dict[str, str]:
+    pairs = (item.split("=", 1) for item in inspect(container)["Config"]["Env"] or [])
+    return {key: value for key, value in pairs}
+
+
+def remove_container(name: str) -> None:
+    run(["docker", "rm", "-f", "-v", name], f"removing container {name}", check=False)
+
+
+def health(container: str) -> str:
+    state = inspect(container)["State"]
+    if not state.get("Running"):
+        return "stopped"
+    return state.get("Health", {}).get("Status", "running")
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+class Psql:
+    """One psql session in a container, fed statement by statement (the transaction stays open between)."""
+
+    def __init__(self, container: str, user: str, database: str) -> None:
+        self.container = container
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        argv = ["docker", "exec", "-i", container, "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"]
+        self._proc = subprocess.Popen(
+            [*argv, "-U", user, "-d", database],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._errors,
+            text=True,
+        )
+        self.rows(PG_SESSION)
+
+    def rows(self, sql: str) -> list[list[str]]:
+        assert self._proc.stdin and self._proc.stdout
+        marker = f"__berth_{secrets.token_hex(8)}__"
+        try:
+            self._proc.stdin.write(f"{sql}\n\\echo {marker}\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        lines = []
+        while (line := self._proc.stdout.readline()) != "":
+            if line.rstrip("\n") == marker:
+                return [row.split("|") for row in lines]
+            lines.append(line.rstrip("\n"))
+        self._errors.seek(0)
+        raise BackupError(f"psql in {self.container[:12]} failed: {tail(self._errors.read())}")
+
+    def close(self) -> None:
+        if self._proc.stdin and not self._proc.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        self._errors.close()
+
+    def __enter__(self) -> Psql:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def table_stats(psql: Psql) -> dict[str, dict[str, Any]]:
+    """Row count and an order-independent checksum (sum of row hashes) of every table."""
+    stats = {}
+    for (table,) in psql.rows(PG_TABLES):
+        count, digest = psql.rows(
+            f"SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM {table} AS t;"
+        )[0]
+        stats[table] = {"rows": int(count), "checksum": digest}
+    return stats
+
+
+def compare_tables(expected: dict[str, dict[str, Any]], found: dict[str, dict[str, Any]]) -> list[str]:
+    """Differences between two table_stats results, as readable lines (empty when equal)."""
+    problems = [f"table {t} missing" for t in sorted(set(expected) - set(found))]
+    problems += [f"unexpected table {t}" for t in sorted(set(found) - set(expected))]
+    for table in sorted(set(expected) & set(found)):
+        want, got = expected[table], found[table]
+        if want["rows"] != got["rows"]:
+            problems.append(f"{table}: {got['rows']} rows, expected {want['rows']}")
+        elif want["checksum"] != got["checksum"]:
+            problems.append(f"{table}: checksum differs ({want['rows']} rows)")
+    return problems
+
+
+def postgres_identity(container: str) -> tuple[str, str]:
+    env = container_env(container)
+    user = env.get("POSTGRES_USER") or "postgres"
+    return user, env.get("POSTGRES_DB") or user
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def wait_postgres(container: str, user: str, database: str, timeout: float) -> None:
+    # TCP on the container's loopback: the image's init server listens on the socket only.
+    argv = ["docker", "exec", container, "pg_isready", "-q", "-h", "127.0.0.1", "-U", user, "-d", database]
+    wait_until(
+        f"PostgreSQL in {container[:12]} ready", timeout, lambda: run(argv, "pg_isready", check=False).returncode == 0
+    )
+
+
+def dump_postgres(cfg: Config, staging: Path) -> dict[str, Any]:
+    assert cfg.postgres_service
+    started = time.monotonic()
+    container = service_container(cfg, cfg.postgres_service)
+    user, database = postgres_identity(container)
+    run(["docker", "exec", container, "pg_isready", "-q", "-U", user, "-d", database], "PostgreSQL: pg_isready")
+    target = staging / "postgres"
+    target.mkdir(mode=0o700)
+    dump = target / "database.dump"
+    with Psql(container, user, database) as psql:
+        # The dump and the table figures share one snapshot, so they describe the same data.
+        psql.rows("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;")
+        snapshot = psql.rows("SELECT pg_export_snapshot();")[0][0]
+        with dump.open("wb") as handle:
+            run(
+                ["docker", "exec", container, "pg_dump", "--format=custom", "--compress=0", f"--snapshot={snapshot}",
+                 "-U", user, "-d", database],
+                "pg_dump",
+                stdout=handle,
+            )
+        tables = table_stats(psql)
+        size = int(psql.rows("SELECT pg_database_size(current_database());")[0][0])
+        psql.rows("COMMIT;")
+    with (target / "globals.sql").open("wb") as handle:
+        run(["docker", "exec", container, "pg_dumpall", "--globals-only", "-U", user, "-l", database],
+            "pg_dumpall --globals-only", stdout=handle)
+    return {
+        "service": cfg.postgres_service,
+        "image": inspect(container)["Config"]["Image"],
+        "user": user,
+        "database": database,
+        "database_bytes": size,
+        "dump": "postgres/database.dump",
+        "globals": "postgres/globals.sql",
+        "tables": tables,
+        "rows": sum(t["rows"] for t in tables.values()),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+ROLE_LINE = re.compile(r'^(?:CREATE|ALTER) ROLE ("(?:[^"]|"")+"|\S+)(?: WITH .*)?;$')
+
+
+def missing_role_statements(globals_sql: str, existing: set[str]) -> list[str]:
+    """CREATE/ALTER ROLE lines of a globals dump for the roles the target server lacks."""
+    statements = []
+    for line in globals_sql.splitlines():
+        match = ROLE_LINE.match(line)
+        if match:
+            name = match.group(1)
+            name = name[1:-1].replace('""', '"') if name.startswith('"') else name
+            if name not in existing:
+                statements.append(line)
+    return statements
+
+
+def restore_into_new_database(container: str, user: str, work: Path, item: dict[str, Any], name: str) -> dict:
+    """Restore the dump into a new database `name` (from template0); return its table figures."""
+    with Psql(container, user, "template1") as psql:
+        existing = {row[0] for row in psql.rows("SELECT rolname FROM pg_roles;")}
+        for statement in missing_role_statements((work / item["globals"]).read_text(), existing):
+            psql.rows(statement)
+        psql.rows(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE);")
+        psql.rows(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0 OWNER {quote_ident(user)};")
+    with (work / item["dump"]).open("rb") as handle:
+        run(
+            ["docker", "exec", "-i", container, "pg_restore", "--exit-on-error", "--single-transaction",
+             "-U", user, "-d", name],
+            "pg_restore",
+            stdin=handle,
+        )
+    with Psql(container, user, name) as psql:
+        return table_stats(psql)
+
+
+def checked_restore(container: str, user: str, work: Path, item: dict[str, Any], name: str) -> dict[str, Any]:
+    started = time.monotonic()
+    found = restore_into_new_database(container, user, work, item, name)
+    problems = compare_tables(item["tables"], found)
+    if problems:
+        raise BackupError("the restored database differs from the backup: " + "; ".join(problems[:10]))
+    return {
+        "tables": len(found),
+        "rows": sum(t["rows"] for t in found.values()),
+        "matches_manifest": True,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+# --- Redis ---------------------------------------------------------------------------------------
+
+
+def redis_cli(container: str, *args: str) -> str:
+    reply = out(["docker", "exec", container, "redis-cli", "--no-auth-warning", *args], f"redis-cli {args[0]}")
+    if reply.startswith(("ERR", "NOAUTH", "WRONGPASS", "NOPERM", "LOADING", "MISCONF")):
+        raise BackupError(f"redis-cli {args[0]}: {reply}")
+    return reply
+
+
+def redis_info(container: str, section: str) -> dict[str, str]:
+    lines = redis_cli(container, "INFO", section).splitlines()
+    return dict(line.strip().split(":", 1) for line in lines if ":" in line and not line.startswith("#"))
+
+
+def redis_keys(container: str) -> int:
+    """Keys in all databases (INFO keyspace: db0:keys=3,expires=0,...)."""
+    info = redis_info(container, "keyspace")
+    return sum(int(value.split(",")[0].split("=")[1]) for value in info.values())
+
+
+def redis_config(container: str, name: str) -> str:
+    reply = redis_cli(container, "CONFIG", "GET", name).splitlines()
+    return reply[1] if len(reply) > 1 else ""
+
+
+def redis_ping(container: str) -> bool:
+    argv = ["docker", "exec", container, "redis-cli", "--no-auth-warning", "PING"]
+    proc = run(argv, "redis-cli PING", check=False)
+    return proc.returncode == 0 and proc.stdout.strip() == b"PONG"
+
+
+def save_redis(cfg: Config, staging: Path) -> dict[str, Any]:
+    assert cfg.redis_service
+    started = time.monotonic()
+    container = service_container(cfg, cfg.redis_service)
+    directory, filename = redis_config(container, "dir"), redis_config(container, "dbfilename")
+    before = redis_info(container, "persistence")
+    keys_before = redis_keys(container)
+    redis_cli(container, "BGSAVE", "SCHEDULE")
+
+    def saved() -> bool:
+        info = redis_info(container, "persistence")
+        newer = int(info.get("rdb_saves", 0)) > int(before.get("rdb_saves", 0)) or int(
+            info["rdb_last_save_time"]
+        ) > int(before["rdb_last_save_time"])
+        return info["rdb_bgsave_in_progress"] == "0" and newer
+
+    wait_until("Redis background save (BGSAVE)", cfg.wait_timeout, saved, interval=0.2)
+    if redis_info(container, "persistence")["rdb_last_bgsave_status"] != "ok":
+        raise BackupError("Redis BGSAVE failed (rdb_last_bgsave_status is not ok): see the redis container's log")
+    keys_after = redis_keys(container)
+    target = staging / "redis"
+    target.mkdir(mode=0o700)
+    run(["docker", "cp", f"{container}:{directory}/{filename}", str(target / "dump.rdb")], "docker cp of the RDB")
+    return {
+        "service": cfg.redis_service,
+        "image": inspect(container)["Config"]["Image"],
+        "dir": directory,
+        "dbfilename": filename,
+        "appendonly": redis_config(container, "appendonly"),
+        "rdb": "redis/dump.rdb",
+        # Exact only when no key came or went while the snapshot was taken.
+        "keys": keys_after,
+        "keys_exact": keys_before == keys_after,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def wait_redis_loaded(container: str, timeout: float) -> None:
+    def loaded() -> bool:
+        return redis_ping(container) and redis_info(container, "persistence").get("loading") == "0"
+
+    wait_until(f"Redis in {container[:12]} loaded", timeout, loaded)
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def tree_size(path: Path) -> tuple[int, int]:
+    """(files, bytes) under path."""
+    if path.is_file():
+        return 1, path.stat().st_size
+    files = size = 0
+    for root, _dirs, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                size += (Path(root) / name).lstat().st_size
+                files += 1
+    return files, size
+
+
+def volume_mountpoint(name: str) -> Path | None:
+    proc = run(["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", name], "docker volume inspect", check=False)
+    return Path(proc.stdout.decode().strip()) if proc.returncode == 0 else None
+
+
+def collect_files(cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes = []
+    for name in cfg.volumes:
+        path = volume_mountpoint(name)
+        if path is None:
+            raise BackupError(f"docker volume {name} (backup_volumes) does not exist")
+        files, size = tree_size(path)
+        volumes.append({"name": name, "path": str(path), "files": files, "bytes": size})
+    paths = []
+    for name in cfg.paths:
+        path = Path(name)
+        if not path.exists():
+            raise BackupError(f"path {name} (backup_paths) does not exist")
+        files, size = tree_size(path)
+        paths.append({"path": name, "files": files, "bytes": size})
+    return volumes, paths
+
+
+# --- restic --------------------------------------------------------------------------------------
+
+
+def restic_env(cfg: Config, repo: Repository) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", DEFAULT_PATH),
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "RESTIC_REPOSITORY": repo.url,
+        "RESTIC_PASSWORD_FILE": cfg.password_file,
+        "RESTIC_CACHE_DIR": cfg.cache_dir,
+    }
+    if repo.env_file:
+        env.update(read_env_file(repo.env_file))
+    return env
+
+
+def restic_argv(repo: Repository, *args: str) -> list[str]:
+    options = [part for option in repo.options for part in ("-o", option)]
+    return ["restic", *options, *args]
+
+
+def restic(cfg: Config, repo: Repository, *args: str, what: str, check: bool = True, **kwargs: Any) -> Any:
+    return run(restic_argv(repo, *args), f"{what} ({repo.name})", env=restic_env(cfg, repo), check=check, **kwargs)
+
+
+def backup_summary(stdout: bytes) -> dict[str, Any] | None:
+    for line in reversed(stdout.decode(errors="replace").splitlines()):
+        with contextlib.suppress(ValueError):
+            message = json.loads(line)
+            if isinstance(message, dict) and message.get("message_type") == "summary":
+                return message
+    return None
+
+
+def keep_arguments(keep: dict[str, int]) -> list[str]:
+    args = [f"--keep-{period}={count}" for period, count in keep.items() if count > 0]
+    if not args:
+        # restic would forget every snapshot: never.
+        raise BackupError("no retention is configured (every keep count is 0): refusing to forget")
+    return args
+
+
+def forget(cfg: Config, repo: Repository) -> dict[str, Any]:
+    proc = restic(
+        cfg, repo, "forget", "--json", "--retry-lock", "5m", "--tag", TAG, "--host", cfg.host,
+        "--group-by", "host,tags", *keep_arguments(cfg.keep), what="restic forget",
+    )
+    groups = json.loads(proc.stdout or b"[]") or []
+    kept = [s["short_id"] for g in groups for s in g.get("keep") or []]
+    removed = [s["short_id"] for g in groups for s in g.get("remove") or []]
+    if removed and cfg.prune:
+        restic(cfg, repo, "prune", "--retry-lock", "5m", what="restic prune")
+    return {"kept": kept, "removed": removed, "pruned": bool(removed and cfg.prune)}
+
+
+def backup_to(cfg: Config, repo: Repository, sources: list[str]) -> dict[str, Any]:
+    started = time.monotonic()
+    excludes = [part for pattern in cfg.exclude for part in ("--exclude", pattern)]
+    proc = restic(
+        cfg, repo, "backup", "--json", "--retry-lock", "5m", "--tag", TAG, "--host", cfg.host, *excludes, *sources,
+        what="restic backup", check=False,
+    )
+    summary = backup_summary(proc.stdout)
+    if proc.returncode == 3 and summary:
+        # Some source files could not be read: that snapshot is incomplete and must not count as a backup.
+        restic(cfg, repo, "forget", summary["snapshot_id"], what="restic forget of the incomplete snapshot")
+        raise BackupError(f"restic backup ({repo.name}) could not read every file: {tail(proc.stderr)}")
+    if proc.returncode != 0 or not summary:
+        raise BackupError(f"restic backup ({repo.name}) failed (exit {proc.returncode}): {tail(proc.stderr)}")
+    result = {
+        "snapshot_id": summary["snapshot_id"],
+        "bytes": summary["total_bytes_processed"],
+        "files": summary["total_files_processed"],
+        "added_bytes": summary["data_added"],
+        "added_packed_bytes": summary.get("data_added_packed"),
+    }
+    result["forget"] = forget(cfg, repo)
+    if cfg.check:
+        extra = [f"--read-data-subset={cfg.check_read_data_subset}"] if cfg.check_read_data_subset else []
+        restic(cfg, repo, "check", "--retry-lock", "5m", *extra, what="restic check")
+        result["check"] = "ok" + (f" (data subset {cfg.check_read_data_subset})" if extra else "")
+    result["seconds"] = round(time.monotonic() - started, 3)
+    return result
+
+
+def snapshot_list(cfg: Config, repo: Repository, *selector: str) -> list[dict[str, Any]]:
+    proc = restic(cfg, repo, "snapshots", "--json", "--no-lock", "--tag", TAG, *selector, what="restic snapshots")
+    return json.loads(proc.stdout or b"[]") or []
+
+
+def resolve_snapshot(cfg: Config, repo: Repository, wanted: str) -> dict[str, Any]:
+    if wanted == "latest":
+        found = snapshot_list(cfg, repo, "--host", cfg.host)
+    else:
+        found = [s for s in snapshot_list(cfg, repo) if s["id"].startswith(wanted) or s["short_id"] == wanted]
+    if not found:
+        raise BackupError(f"no snapshot {wanted!r} of host {cfg.host} in repository {repo.name}")
+    if len({s["id"] for s in found}) > 1 and wanted != "latest":
+        raise BackupError(f"snapshot {wanted!r} is ambiguous in repository {repo.name}")
+    return max(found, key=lambda s: s["time"])
+
+
+def fetch(cfg: Config, repo: Repository, snapshot: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Restore the snapshot's staged files (dump, RDB, manifest) into work; check them against the manifest."""
+    if str(STAGING) not in snapshot.get("paths", []):
+        raise BackupError(f"snapshot {snapshot['short_id']} was not made by berth-backup (no {STAGING} in it)")
+    restic(cfg, repo, "restore", "--no-lock", f"{snapshot['id']}:{STAGING}", "--target", str(work),
+           what="restic restore of the staged files")
+    manifest = json.loads((work / "manifest.json").read_text())
+    for name, meta in manifest["files"].items():
+        path = work / name
+        if not path.is_file():
+            raise BackupError(f"{name} is missing from snapshot {snapshot['short_id']}")
+        if sha256(path) != meta["sha256"]:
+            raise BackupError(f"{name} in snapshot {snapshot['short_id']} does not match its manifest checksum")
+    return manifest
+
+
+# --- records, state, metrics ---------------------------------------------------------------------
+
+
+def new_record(kind: str, cfg: Config) -> dict[str, Any]:
+    started = time.time()
+    return {"kind": kind, "host": cfg.host, "project": cfg.project, "started": now_iso(started),
+            "started_ts": started, "status": "running"}
+
+
+def finish_record(record: dict[str, Any], failure: str | None) -> None:
+    finished = time.time()
+    record.update(finished=now_iso(finished), finished_ts=finished,
+                  seconds=round(finished - record["started_ts"], 3), status="failed" if failure else "ok")
+    if failure:
+        record["error"] = failure
+
+
+def save_record(cfg: Config, record: dict[str, Any]) -> Path:
+    runs = STATE_DIR / "runs"
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(record["started_ts"]))
+    path = runs / f"{stamp}-{record['kind']}.json"
+    write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_atomic(STATE_DIR / f"last-{record['kind']}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    for old in sorted(runs.glob("*.json"))[: -cfg.records_keep]:
+        old.unlink()
+    return path
+
+
+def update_state(state: dict[str, Any], section: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Fold a finished run into the state: a failure never moves a repository's last success."""
+    entries = state.setdefault(section, {})
+    for name, result in record.get("repositories", {}).items():
+        entry = entries.setdefault(name, {"last_success": 0, "size": 0})
+        ok = result.get("status") == "ok"
+        entry.update(last_run=record["finished_ts"], last_run_success=ok,
+                     duration=result.get("duration", record["seconds"]))
+        if ok:
+            entry.update(last_success=record["finished_ts"], size=result.get("bytes", entry["size"]),
+                         snapshot=result.get("snapshot_id", entry.get("snapshot")))
+    return state
+
+
+METRICS = {
+    "backup": (
+        "berth_backup",
+        [
+            ("last_success_timestamp_seconds", "last_success", "Unix time of the last successful backup run."),
+            ("last_run_success", "last_run_success", "1 if the last backup run succeeded, else 0."),
+            ("duration_seconds", "duration", "Seconds the last backup run took (dumps and this repository)."),
+            ("size_bytes", "size", "Bytes in the last successful snapshot (before deduplication)."),
+        ],
+    ),
+    "restore_test": (
+        "berth_backup_restore_test",
+        [
+            ("last_success_timestamp_seconds", "last_success", "Unix time of the last passed restore test."),
+            ("last_run_success", "last_run_success", "1 if the last restore test passed, else 0."),
+            ("duration_seconds", "duration", "Seconds the last restore test took."),
+        ],
+    ),
+}
+
+
+def render_metrics(state: dict[str, Any], section: str, repositories: list[str]) -> str:
+    """node_exporter textfile lines for a state section; repositories that never ran show 0."""
+    prefix, metrics = METRICS[section]
+    lines = []
+    for suffix, key, help_text in metrics:
+        lines += [f"# HELP {prefix}_{suffix} {help_text}", f"# TYPE {prefix}_{suffix} gauge"]
+        for name in repositories:
+            value = state.get(section, {}).get(name, {}).get(key, 0)
+            value = int(value) if isinstance(value, bool) else value
+            lines.append(f'{prefix}_{suffix}{{repository="{name}"}} {value}')
+    return "\n".join(lines) + "\n"
+
+
+def publish(cfg: Config, section: str, record: dict[str, Any]) -> None:
+    state = update_state(load_json(STATE_DIR / "state.json", {}), section, record)
+    write_atomic(STATE_DIR / "state.json", json.dumps(state, indent=2, sort_keys=True) + "\n")
+    prefix = METRICS[section][0]
+    names = [repo.name for repo in cfg.repositories]
+    write_atomic(cfg.metrics_dir / f"{prefix}.prom", render_metrics(state, section, names), mode=0o644)
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def collect(cfg: Config, staging: Path) -> dict[str, Any]:
+    """Everything one snapshot holds, staged: dumps plus a manifest with sizes and checksums."""
+    manifest: dict[str, Any] = {"host": cfg.host, "project": cfg.project, "created": now_iso(time.time())}
+    if cfg.postgres_service:
+        manifest["postgres"] = dump_postgres(cfg, staging)
+    if cfg.redis_service:
+        manifest["redis"] = save_redis(cfg, staging)
+    manifest["volumes"], manifest["paths"] = collect_files(cfg)
+    manifest["files"] = {
+        str(path.relative_to(staging)): {"bytes": path.stat().st_size, "sha256": sha256(path)}
+        for path in sorted(staging.rglob("*"))
+        if path.is_file()
+    }
+    write_atomic(staging / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def backup(cfg: Config, record: dict[str, Any]) -> str | None:
+    """One backup run into record; returns the failure, if any."""
+    empty_dir(STAGING)
+    repos: dict[str, Any] = record.setdefault("repositories", {})
+    try:
+        started = time.monotonic()
+        try:
+            manifest = collect(cfg, STAGING)
+        except (BackupError, OSError) as exc:
+            message = f"nothing was backed up: {exc}"
+            for repo in cfg.repositories:
+                repos[repo.name] = {"status": "failed", "error": message,
+                                    "duration": round(time.monotonic() - started, 3)}
+            return message
+        collected = time.monotonic() - started
+        record["contents"] = {k: v for k, v in manifest.items() if k not in ("host", "project", "created")}
+        sources = [str(STAGING), *(v["path"] for v in manifest["volumes"]), *cfg.paths]
+        for repo in cfg.repositories:
+            try:
+                result = backup_to(cfg, repo, sources)
+                repos[repo.name] = {"status": "ok", **result, "duration": round(collected + result["seconds"], 3)}
+            except (BackupError, OSError) as exc:
+                repos[repo.name] = {"status": "failed", "error": str(exc), "duration": round(collected, 3)}
+    finally:
+        empty_dir(STAGING)
+    failed = [name for name, result in repos.items() if result["status"] != "ok"]
+    if failed:
+        return "; ".join(f"{name}: {repos[name]['error']}" for name in failed)
+    return None
+
+
+def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
+    with lock("lock"):
+        record = new_record("backup", cfg)
+        try:
+            failure = backup(cfg, record)
+        except (BackupError, OSError) as exc:
+            failure = str(exc)
+        # Whatever failed, every repository's metrics must show this run.
+        for repo in cfg.repositories:
+            record.setdefault("repositories", {}).setdefault(repo.name, {"status": "failed", "error": failure})
+        finish_record(record, failure)
+        save_record(cfg, record)
+        publish(cfg, "backup", record)
+    return report(record, args)
+
+
+def report(record: dict[str, Any], args: argparse.Namespace) -> int:
+    if args.print_record:
+        print(json.dumps(record, indent=2, sort_keys=True))
+    if record["status"] != "ok":
+        LOG.error("%s FAILED after %.1f s: %s", record["kind"], record["seconds"], record["error"])
+        return EXIT_FAILED
+    LOG.info("%s ok in %.1f s", record["kind"], record["seconds"])
+    return 0
+
+
+def scratch_postgres(item: dict[str, Any], work: Path, name: str, timeout: float) -> dict[str, Any]:
+    """Restore the dump into a fresh container of the same image, without network; compare with the manifest."""
+    remove_container(name)
+    env = {**os.environ, "POSTGRES_USER": item["user"], "POSTGRES_DB": item["database"],
+           "POSTGRES_PASSWORD": secrets.token_urlsafe(24)}
+    run(
+        ["docker", "run", "-d", "--name", name, "--network", "none", "--label", "berth.backup=scratch",
+         "-e", "POSTGRES_USER", "-e", "POSTGRES_DB", "-e", "POSTGRES_PASSWORD", item["image"]],
+        "starting the scratch PostgreSQL container", env=env,
+    )
+    try:
+        wait_postgres(name, item["user"], item["database"], timeout)
+        return checked_restore(name, item["user"], work, item, item["database"])
+    finally:
+        remove_container(name)
+
+
+def scratch_redis(item: dict[str, Any], work: Path, name: str, timeout: float) -> dict[str, Any]:
+    """Load the RDB into a fresh Redis of the same image, without network; count its keys."""
+    remove_container(name)
+    started = time.monotonic()
+    run(
+        ["docker", "create", "--name", name, "--network", "none", "--label", "berth.backup=scratch", item["image"],
+         "redis-server", "--dir", "/data", "--dbfilename", "dump.rdb", "--appendonly", "no", "--save", ""],
+        "creating the scratch Redis container",
+    )
+    try:
+        run(["docker", "cp", str(work / item["rdb"]), f"{name}:/data/dump.rdb"], "docker cp of the RDB")
+        run(["docker", "start", name], "starting the scratch Redis container")
+        wait_redis_loaded(name, timeout)
+        keys = redis_keys(name)
+        if item["keys_exact"] and keys != item["keys"]:
+            raise BackupError(f"the restored Redis has {keys} keys, the backup recorded {item['keys']}")
+        return {"keys": keys, "compared": item["keys_exact"], "seconds": round(time.monotonic() - started, 3)}
+    finally:
+        remove_container(name)
+
+
+def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
+    repo = cfg.repository(args.repository)
+    work = STATE_DIR / "verify"
+    with lock("verify.lock"):
+        record = new_record("restore-test", cfg)
+        record["repository"] = repo.name
+        failure = None
+        try:
+            empty_dir(work)
+            snapshot = resolve_snapshot(cfg, repo, args.snapshot)
+            record["snapshot"] = {"id": snapshot["id"], "time": snapshot["time"]}
+            manifest = fetch(cfg, repo, snapshot, work)
+            record["checksums"] = "ok"
+            if "postgres" in manifest:
+                record["postgres"] = scratch_postgres(manifest["postgres"], work, f"{cfg.project}-berth-restore-test",
+                                                      cfg.wait_timeout)
+            if "redis" in manifest:
+                record["redis"] = scratch_redis(manifest["redis"], work, f"{cfg.project}-berth-restore-test-redis",
+                                                cfg.wait_timeout)
+        except (BackupError, OSError) as exc:
+            failure = str(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                empty_dir(work)
+        finish_record(record, failure)
+        record["repositories"] = {repo.name: {"status": record["status"], "duration": record["seconds"]}}
+        save_record(cfg, record)
+        publish(cfg, "restore_test", record)
+    return report(record, args)
+
+
+def restore_postgres(cfg: Config, item: dict[str, Any], work: Path, touched: list[str]) -> dict[str, Any]:
+    """Restore into a new database, compare it with the manifest, then swap it in for the live one."""
+    assert cfg.postgres_service
+    container = service_container(cfg, cfg.postgres_service)
+    user, database = postgres_identity(container)
+    wait_postgres(container, user, database, cfg.wait_timeout)
+    staging_db = f"{database}__berth_restore"
+    result = checked_restore(container, user, work, item, staging_db)
+    touched.append("postgres")
+    with Psql(container, user, "template1") as psql:
+        psql.rows(f"DROP DATABASE IF EXISTS {quote_ident(database)} WITH (FORCE);")
+        psql.rows(f"ALTER DATABASE {quote_ident(staging_db)} RENAME TO {quote_ident(database)};")
+    return result
+
+
+def convert_to_aof(info: dict[str, Any], mount: dict[str, Any], item: dict[str, Any], name: str,
+                   timeout: float) -> None:
+    """Load the RDB in a one-off Redis and let it write the append-only files (Redis's documented switch)."""
+    source = mount.get("Name") if mount["Type"] == "volume" else mount["Source"]
+    user = ["--user", info["Config"]["User"]] if info["Config"].get("User") else []
+    remove_container(name)
+    run(
+        ["docker", "run", "-d", "--name", name, "--network", "none", *user, "-v", f"{source}:{mount['Destination']}",
+         info["Config"]["Image"], "redis-server", "--dir", item["dir"], "--dbfilename", item["dbfilename"],
+         "--appendonly", "no", "--save", ""],
+        "starting a one-off Redis on the restored data",
+    )
+    try:
+        wait_redis_loaded(name, timeout)
+        before = redis_info(name, "persistence")
+        redis_cli(name, "CONFIG", "SET", "appendonly", "yes")
+
+        def rewritten() -> bool:
+            now = redis_info(name, "persistence")
+            done = now["aof_rewrite_in_progress"] == "0" and now["aof_rewrite_scheduled"] == "0"
+            newer = int(now.get("aof_rewrites", 1)) > int(before.get("aof_rewrites", 0))
+            return done and newer and now.get("aof_last_bgrewrite_status") == "ok"
+
+        wait_until("Redis append-only file rewrite", timeout, rewritten, interval=0.2)
+        run(["docker", "exec", name, "redis-cli", "SHUTDOWN"], "stopping the one-off Redis", check=False)
+        run(["docker", "wait", name], "waiting for the one-off Redis to stop", timeout=timeout, check=False)
+    finally:
+        remove_container(name)
+
+
+def restore_redis(cfg: Config, item: dict[str, Any], work: Path, touched: list[str]) -> dict[str, Any]:
+    assert cfg.redis_service
+    started = time.monotonic()
+    container = service_container(cfg, cfg.redis_service, running=False)
+    info = inspect(container)
+    mounts = [m for m in info["Mounts"] if m["Destination"] == item["dir"]]
+    if not mounts:
+        raise BackupError(f"Redis's data directory {item['dir']} is not a volume or bind mount of {container[:12]}")
+    data = Path(mounts[0]["Source"])
+    touched.append("redis")
+    run(["docker", "stop", container], "stopping Redis")
+    owner = data.stat()
+    empty_dir(data)
+    target = data / item["dbfilename"]
+    shutil.copyfile(work / item["rdb"], target)
+    os.chown(target, owner.st_uid, owner.st_gid)
+    if item.get("appendonly") == "yes":
+        convert_to_aof(info, mounts[0], item, f"{cfg.project}-berth-restore-redis", cfg.wait_timeout)
+    run(["docker", "start", container], "starting Redis")
+    wait_until("Redis healthy", cfg.wait_timeout, lambda: health(container) in ("healthy", "running"))
+    wait_redis_loaded(container, cfg.wait_timeout)
+    keys = redis_keys(container)
+    if item["keys_exact"] and keys != item["keys"]:
+        raise BackupError(f"Redis has {keys} keys after the restore, the backup recorded {item['keys']}")
+    return {"keys": keys, "seconds": round(time.monotonic() - started, 3)}
+
+
+def ensure_volume(cfg: Config, name: str) -> Path:
+    """The volume's mount point, creating the volume (labelled as compose's own when it is) if missing."""
+    path = volume_mountpoint(name)
+    if path:
+        return path
+    labels = []
+    if name.startswith(f"{cfg.project}_"):
+        short = name[len(cfg.project) + 1 :]
+        labels = ["--label", f"com.docker.compose.project={cfg.project}",
+                  "--label", f"com.docker.compose.volume={short}"]
+    run(["docker", "volume", "create", *labels, name], f"creating volume {name}")
+    path = volume_mountpoint(name)
+    assert path
+    return path
+
+
+def restore_files(cfg: Config, repo: Repository, snapshot: dict, manifest: dict, components: list[str],
+                  touched: list[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    if "volumes" in components:
+        for volume in manifest["volumes"]:
+            target = ensure_volume(cfg, volume["name"])
+            touched.append(f"volume {volume['name']}")
+            # The volume's content becomes exactly the snapshot's (files not in it are deleted).
+            restic(cfg, repo, "restore", "--no-lock", f"{snapshot['id']}:{volume['path']}", "--target", str(target),
+                   "--delete", what=f"restic restore of volume {volume['name']}")
+            result[f"volume {volume['name']}"] = "restored"
+    if "paths" in components and manifest["paths"]:
+        includes = [part for entry in manifest["paths"] for part in ("--include", entry["path"])]
+        touched.append("paths")
+        restic(cfg, repo, "restore", "--no-lock", snapshot["id"], "--target", "/", *includes,
+               what="restic restore of the paths")
+        result["paths"] = [entry["path"] for entry in manifest["paths"]]
+    return result
+
+
+def restore(cfg: Config, args: argparse.Namespace, record: dict[str, Any], touched: list[str]) -> None:
+    components = [c for c in args.components.split(",") if c]
+    unknown = sorted(set(components) - set(COMPONENTS))
+    if unknown or not components:
+        allowed = ",".join(COMPONENTS)
+        raise BackupError(f"components must be a comma-separated subset of {allowed} (got {args.components!r})")
+    repo = cfg.repository(args.repository)
+    snapshot = resolve_snapshot(cfg, repo, args.snapshot)
+    record.update(repository=repo.name, components=components,
+                  snapshot={"id": snapshot["id"], "time": snapshot["time"]})
+    work = STATE_DIR / "restore"
+    empty_dir(work)
+    try:
+        started = time.monotonic()
+        manifest = fetch(cfg, repo, snapshot, work)
+        record["fetch_seconds"] = round(time.monotonic() - started, 3)
+        for component in ("postgres", "redis"):
+            if component in components and component not in manifest:
+                raise BackupError(f"snapshot {snapshot['short_id']} holds no {component} backup")
+        own = {cfg.postgres_service, cfg.redis_service}
+        others = sorted(running_services(cfg) - own)
+        if others:
+            raise BackupError(f"stop the app's services first ({', '.join(others)} running): restore.yml does it")
+        if "postgres" in components:
+            record["postgres"] = restore_postgres(cfg, manifest["postgres"], work, touched)
+        if "redis" in components:
+            record["redis"] = restore_redis(cfg, manifest["redis"], work, touched)
+        record["files"] = restore_files(cfg, repo, snapshot, manifest, components, touched)
+    finally:
+        with contextlib.suppress(OSError):
+            empty_dir(work)
+
+
+def cmd_restore(cfg: Config, args: argparse.Namespace) -> int:
+    with lock("lock"):
+        record = new_record("restore", cfg)
+        touched: list[str] = []
+        failure = None
+        try:
+            restore(cfg, args, record, touched)
+        except (BackupError, OSError) as exc:
+            failure = str(exc)
+        record["changed"] = touched
+        finish_record(record, failure)
+        save_record(cfg, record)
+    code = report(record, args)
+    if code and not touched:
+        LOG.error("nothing was changed by this restore")
+        return EXIT_UNTOUCHED
+    return code
+
+
+def cmd_snapshots(cfg: Config, args: argparse.Namespace) -> int:
+    repo = cfg.repository(args.repository)
+    print(json.dumps(snapshot_list(cfg, repo), indent=2))
+    return 0
+
+
+def cmd_init(cfg: Config, args: argparse.Namespace) -> int:
+    states = {}
+    for repo in cfg.repositories:
+        proc = restic(cfg, repo, "cat", "config", "--no-lock", what="restic cat config", check=False)
+        if proc.returncode == 0:
+            states[repo.name] = "exists"
+        elif proc.returncode == 10 and args.dry_run:
+            states[repo.name] = "missing"
+        elif proc.returncode == 10:
+            restic(cfg, repo, "init", what="restic init")
+            states[repo.name] = "created"
+        elif proc.returncode == 12:
+            raise BackupError(f"repository {repo.name}: wrong password (backup_password does not open it)")
+        else:
+            raise BackupError(f"repository {repo.name} ({repo.url}) cannot be reached: {tail(proc.stderr)}")
+    print(json.dumps(states, sort_keys=True))
+    return 0
+
+
+def cmd_restic(cfg: Config, args: argparse.Namespace) -> int:
+    repo = cfg.repository(args.name)
+    os.execvpe("restic", restic_argv(repo, *args.restic_args), restic_env(cfg, repo))
+    return EXIT_FAILED  # not reached
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="berth-backup", description=__doc__.split("\n\n")[0])
+    top.add_argument("--config", type=Path, default=CONFIG_FILE, help="configuration file (JSON)")
+    top.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr too")
+    sub = top.add_subparsers(dest="command", required=True)
+    run_cmd = sub.add_parser("run", help="back up to every repository")
+    run_cmd.add_argument("--print-record", action="store_true", help="print the run's record (JSON)")
+    verify = sub.add_parser("verify", help="restore test into scratch containers")
+    restore_cmd = sub.add_parser("restore", help="restore into the live stack")
+    for cmd in (verify, restore_cmd):
+        cmd.add_argument("--repository", help="repository name (default: the restore-test repository)")
+        cmd.add_argument("--snapshot", default="latest", help="snapshot ID or 'latest'")
+        cmd.add_argument("--print-record", action="store_true", help="print the run's record (JSON)")
+    restore_cmd.add_argument("--components", default="postgres,redis,volumes", help="what to restore")
+    snapshots = sub.add_parser("snapshots", help="list snapshots (JSON)")
+    snapshots.add_argument("--repository", help="repository name")
+    init = sub.add_parser("init", help="create missing repositories")
+    init.add_argument("--dry-run", action="store_true", help="only report missing repositories")
+    passthrough = sub.add_parser("restic", help="run restic against a repository")
+    passthrough.add_argument("name", help="repository name")
+    passthrough.add_argument("restic_args", nargs=argparse.REMAINDER, help="restic's arguments")
+    return top
+
+
+def setup_logging(verbose: bool) -> None:
+    LOG.setLevel(logging.INFO)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.INFO if verbose else logging.WARNING)
+    stderr.setFormatter(logging.Formatter("berth-backup: %(levelname)s: %(message)s"))
+    LOG.addHandler(stderr)
+    if Path("/dev/log").exists():
+        syslog = logging.handlers.SysLogHandler(address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        syslog.setFormatter(logging.Formatter("berth-backup[%(process)d]: %(levelname)s: %(message)s"))
+        LOG.addHandler(syslog)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "verify": cmd_verify,
+    "restore": cmd_restore,
+    "snapshots": cmd_snapshots,
+    "init": cmd_init,
+    "restic": cmd_restic,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    os.umask(0o077)
+    try:
+        cfg = Config.load(args.config)
+        return COMMANDS[args.command](cfg, args)
+    except LockedError as exc:
+        LOG.error("%s: not started", exc)
+        return EXIT_LOCKED
+    except (BackupError, OSError) as exc:
+        LOG.error("%s failed: %s", args.command, exc)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,597 @@
+"""What a user of the backup role observes (converge.yml; the variables are molecule.yml's host_vars).
+
+The data flows are real: rows are written through the demo app, the backup is taken by
+playbooks/backup-now.yml, the database volume is destroyed and playbooks/restore.yml brings it back.
+Timings land in artifacts/molecule/backup-timings.json (git-ignored) for the report.
+"""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import testinfra
+
+testinfra_hosts = ["berth-backup-trixie"]
+
+ROOT = Path(__file__).resolve().parents[5]
+HOST = "berth-backup-trixie"
+OFFSITE = "berth-backup-offsite"
+PROJECT = "demo"
+DIR = f"/opt/{PROJECT}"
+PROGRAM = "/usr/local/sbin/berth-backup"
+STATE = "/var/lib/berth/backup"
+METRICS = "/var/lib/prometheus/node-exporter/berth_backup.prom"
+LOCAL_REPO = "/var/backups/berth/restic"
+OFFSITE_REPO = "/srv/restic/repos/berth-backup-trixie"
+PASSWORD = "bk-Test$secret#3/@:%z'\"-restic"
+UPLOADS = "/var/lib/docker/volumes/demo-uploads/_data"
+KEEP = {"hourly": 2, "daily": 3, "weekly": 2, "monthly": 2}
+TIMINGS = ROOT / "artifacts" / "molecule" / "backup-timings.json"
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def playbook(name, *extra: str):
+    """Run one of the project's playbooks against the test host, with Molecule's inventory."""
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as group:
+        group.write(f"berth:\n  hosts:\n    {HOST}: {{}}\n")
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),
+        "ANSIBLE_CACHE_PLUGIN": "memory",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+    cmd = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory), "-i", group.name]
+    try:
+        return subprocess.run(
+            [*cmd, "-l", HOST, str(ROOT / "playbooks" / name), *extra],
+            capture_output=True, text=True, env=env, timeout=1200, check=False,
+        )
+    finally:
+        Path(group.name).unlink()
+
+
+def timing(name, seconds):
+    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
+    data[name] = round(seconds, 1)
+    TIMINGS.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def get_json(host, port, path):
+    script = (
+        "import sys, urllib.request\n"
+        f"print(urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=5).read().decode())\n"
+    )
+    return json.loads(host.check_output(f"python3 -c {shlex.quote(script)}"))
+
+
+def read_json(host, path):
+    return json.loads(host.file(path).content_string)
+
+
+def psql(host, sql):
+    pg = host.check_output(f"docker compose -p {PROJECT} ps -q postgres")
+    return host.check_output(f"docker exec {pg} psql -U app -d app -At -c {shlex.quote(sql)}")
+
+
+def visits_digest(host):
+    return psql(host, "SELECT count(*) || ':' || md5(string_agg(v::text, ',' ORDER BY id)) FROM visits v")
+
+
+def uploads(host):
+    """{relative path: sha256} of the uploads volume."""
+    out = host.check_output(f"cd {UPLOADS} && find . -type f -exec sha256sum {{}} + | sort -k2")
+    return {line.split()[1]: line.split()[0] for line in out.splitlines()}
+
+
+def snapshot_ids(host, repository):
+    out = host.check_output(f"{PROGRAM} snapshots --repository {repository}")
+    return {s["id"] for s in json.loads(out)}
+
+
+def snapshots(host, repository):
+    return json.loads(host.check_output(f"{PROGRAM} snapshots --repository {repository}"))
+
+
+def metrics(host):
+    """{(name, repository): value} of the textfile collector file."""
+    found = {}
+    for line in host.file(METRICS).content_string.splitlines():
+        match = re.fullmatch(r'(\w+)\{repository="(\w+)"\} (\S+)', line)
+        if match:
+            found[(match.group(1), match.group(2))] = float(match.group(3))
+    return found
+
+
+def colours(host):
+    """{service: (state, health, started at)} of the running app colours."""
+    out = host.check_output(f"docker compose -p {PROJECT} ps --format json")
+    found = {}
+    for entry in map(json.loads, out.splitlines()):
+        if entry["Service"].startswith("app-"):
+            started = host.check_output(f"docker inspect -f '{{{{.State.StartedAt}}}}' {entry['ID']}")
+            found[entry["Service"]] = (entry["State"], entry["Health"], started)
+    return found
+
+
+def wait_healthy(host, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = host.run(f"docker compose -p {PROJECT} ps --format '{{{{.Health}}}}'").stdout.split()
+        if out and all(h == "healthy" for h in out) and len(out) == 4:
+            return
+        time.sleep(2)
+    pytest.fail(f"the stack was not healthy after {timeout} s: {out}")
+
+
+def lock_free(host, timeout=300):
+    assert host.run(f"flock -w {timeout} {STATE}/lock true").rc == 0, "a backup run still holds the lock"
+
+
+# --- the role's files -----------------------------------------------------------------------------
+
+
+def test_restic_and_cron_from_debian(host):
+    assert host.package("restic").is_installed
+    assert host.check_output("restic version").startswith("restic 0.18")
+    assert host.service("cron").is_running
+    assert host.service("cron").is_enabled
+
+
+def test_program_configuration_and_secrets_are_root_only(host):
+    program = host.file(PROGRAM)
+    assert (program.user, program.mode) == ("root", 0o755)
+    for path in ("/etc/berth/backup", STATE, "/etc/berth/backup/ssh"):
+        assert host.file(path).mode == 0o700, path
+    for path in ("/etc/berth/backup/password", "/etc/berth/backup/config.json", "/etc/berth/backup/ssh/id_ed25519"):
+        assert (host.file(path).user, host.file(path).mode) == ("root", 0o600), path
+    # The password is the file's whole content (no newline added) and nowhere else.
+    assert host.file("/etc/berth/backup/password").content_string == PASSWORD
+    assert PASSWORD not in host.file("/etc/berth/backup/config.json").content_string
+    assert PASSWORD not in host.file("/etc/cron.d/berth-backup").content_string
+
+
+def test_configuration_names_both_repositories(host):
+    config = read_json(host, "/etc/berth/backup/config.json")
+    repos = {r["name"]: r for r in config["repositories"]}
+    assert repos["local"]["url"] == LOCAL_REPO
+    assert repos["offsite"]["url"] == "sftp:berth-offsite:repos/berth-backup-trixie"
+    assert config["keep"] == KEEP
+    assert config["volumes"] == ["demo-uploads"]
+
+
+def test_offsite_host_key_is_pinned(host):
+    known = host.file("/etc/berth/backup/ssh/known_hosts").content_string.splitlines()
+    offsite = testinfra.get_host(f"docker://{OFFSITE}")
+    key = offsite.file("/etc/ssh/ssh_host_ed25519_key.pub").content_string.split()[:2]
+    assert known == [f"{OFFSITE} {key[0]} {key[1]}"]
+    config = host.file("/etc/berth/backup/ssh/config").content_string
+    assert "StrictHostKeyChecking yes" in config
+    assert "BatchMode yes" in config
+
+
+def test_offsite_user_gets_sftp_and_no_shell(host):
+    proc = host.run("ssh -F /etc/berth/backup/ssh/config berth-offsite echo shell-reached")
+    assert "shell-reached" not in proc.stdout
+
+
+def test_cron_entry_is_scheduled(host):
+    cron = host.file("/etc/cron.d/berth-backup")
+    assert (cron.user, cron.mode) == ("root", 0o644)
+    lines = [line for line in cron.content_string.splitlines() if line and not line.startswith("#")]
+    assert f"0 0 31 2 * root {PROGRAM} run" in lines
+    assert f"30 0 31 2 * root {PROGRAM} verify" in lines
+
+
+def test_repositories_exist_and_are_encrypted(host):
+    assert host.run(f"{PROGRAM} snapshots --repository local").rc == 0
+    assert host.run(f"{PROGRAM} snapshots --repository offsite").rc == 0
+    offsite = testinfra.get_host(f"docker://{OFFSITE}")
+    assert offsite.file(f"{OFFSITE_REPO}/config").user == "restic"
+    assert host.file(f"{LOCAL_REPO}/config").exists
+
+
+def test_metrics_directory_exists(host):
+    assert host.file("/var/lib/prometheus/node-exporter").mode == 0o755
+
+
+# --- backup, restore test, restore ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def first_backup(host):
+    """Known data written through the app and into the uploads volume, then playbooks/backup-now.yml."""
+    for _ in range(5):
+        get_json(host, 8001, "/visit")
+    host.check_output(f"mkdir -p {UPLOADS}/docs && head -c 300000 /dev/urandom > {UPLOADS}/avatar.png")
+    host.check_output(f"echo 'hello from the uploads' > {UPLOADS}/docs/readme.txt")
+    before = {"stats": get_json(host, 8001, "/stats"), "visits": visits_digest(host), "uploads": uploads(host)}
+    started = time.monotonic()
+    run = playbook("backup-now.yml")
+    timing("backup_now_playbook_seconds", time.monotonic() - started)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    record = read_json(host, f"{STATE}/last-backup.json")
+    timing("backup_run_seconds", record["seconds"])
+    verify = read_json(host, f"{STATE}/last-restore-test.json")
+    timing("restore_test_seconds", verify["seconds"])
+    return {"before": before, "run": run, "record": record, "verify": verify}
+
+
+def test_backup_now_backs_up_everything_to_both_repositories(host, first_backup):
+    record, before = first_backup["record"], first_backup["before"]
+    assert record["status"] == "ok"
+    for name in ("local", "offsite"):
+        result = record["repositories"][name]
+        assert result["status"] == "ok"
+        assert re.fullmatch(r"[0-9a-f]{64}", result["snapshot_id"])
+        assert result["snapshot_id"] in snapshot_ids(host, name)
+        assert result["bytes"] > 300000
+        assert result["check"] == "ok"
+    items = record["contents"]
+    assert items["postgres"]["tables"]["public.visits"]["rows"] == before["stats"]["db_rows"] >= 5
+    assert items["redis"]["keys"] >= 1
+    assert items["redis"]["keys_exact"] is True
+    assert [v["name"] for v in items["volumes"]] == ["demo-uploads"]
+    assert items["volumes"][0]["files"] == 2
+    assert [p["path"] for p in items["paths"]] == [DIR]
+    for name in ("postgres/database.dump", "postgres/globals.sql", "redis/dump.rdb"):
+        assert re.fullmatch(r"[0-9a-f]{64}", items["files"][name]["sha256"])
+        assert items["files"][name]["bytes"] > 0
+    # The same record is kept among the per-run records.
+    runs = host.check_output(f"ls {STATE}/runs").split()
+    assert any(name.endswith("-backup.json") for name in runs)
+
+
+def test_backup_now_shows_the_record_and_no_secret(first_backup):
+    output = first_backup["run"].stdout
+    assert first_backup["record"]["repositories"]["local"]["snapshot_id"] in output
+    assert PASSWORD not in output
+    assert "Test$secret" not in output
+
+
+def test_restore_test_restored_into_a_scratch_database_and_matched(host, first_backup):
+    verify, record = first_backup["verify"], first_backup["record"]
+    assert verify["status"] == "ok", verify.get("error")
+    assert verify["snapshot"]["id"] == record["repositories"]["local"]["snapshot_id"]
+    assert verify["checksums"] == "ok"
+    assert verify["postgres"]["matches_manifest"] is True
+    assert verify["postgres"]["rows"] == record["contents"]["postgres"]["rows"]
+    assert verify["redis"]["compared"] is True
+    assert verify["redis"]["keys"] == record["contents"]["redis"]["keys"]
+    # The scratch containers are gone.
+    assert host.check_output("docker ps -a -q --filter label=berth.backup=scratch") == ""
+
+
+def test_snapshot_holds_the_stack_files_but_not_the_image_archives(host, first_backup):
+    snapshot = first_backup["record"]["repositories"]["local"]["snapshot_id"]
+    listing = host.check_output(f"{PROGRAM} restic local ls --recursive {snapshot} {DIR}").splitlines()
+    assert f"{DIR}/compose.yaml" in listing
+    assert f"{DIR}/secrets/postgres.env" in listing
+    assert not any(line.startswith(f"{DIR}/images") for line in listing)
+    assert host.file(f"{DIR}/images").is_directory  # there, but left out
+
+
+def test_repositories_hold_nothing_readable(host, first_backup):
+    # Encrypted: neither the stack's files nor the dump's table name appear in any repository file.
+    for marker in ("APP_BLUE_IMAGE", "CREATE TABLE"):
+        assert host.run(f"grep -rl {shlex.quote(marker)} {LOCAL_REPO}").stdout == ""
+        offsite = testinfra.get_host(f"docker://{OFFSITE}")
+        assert offsite.run(f"grep -rl {shlex.quote(marker)} {OFFSITE_REPO}").stdout == ""
+
+
+def test_metrics_after_a_successful_run(host, first_backup):
+    record = first_backup["record"]
+    found = metrics(host)
+    for name in ("local", "offsite"):
+        assert found[("berth_backup_last_run_success", name)] == 1
+        assert abs(found[("berth_backup_last_success_timestamp_seconds", name)] - record["finished_ts"]) < 1
+        assert found[("berth_backup_size_bytes", name)] == record["repositories"][name]["bytes"]
+        assert found[("berth_backup_duration_seconds", name)] > 0
+    metrics_file = host.file(METRICS)
+    assert metrics_file.mode == 0o644
+    # Written by rename: no temporary file is left beside it.
+    assert host.check_output("ls -A /var/lib/prometheus/node-exporter").split() == [
+        "berth_backup.prom",
+        "berth_backup_restore_test.prom",
+    ]
+    assert 'berth_backup_restore_test_last_run_success{repository="local"} 1' in host.file(
+        "/var/lib/prometheus/node-exporter/berth_backup_restore_test.prom"
+    ).content_string
+
+
+def test_secrets_stay_out_of_records_and_logs(host, first_backup):
+    for path in (f"{STATE}/last-backup.json", f"{STATE}/last-restore-test.json", f"{STATE}/state.json"):
+        assert PASSWORD not in host.file(path).content_string
+    journal = host.check_output("journalctl -t berth-backup --no-pager")
+    assert "backup ok" in journal
+    assert PASSWORD not in journal
+    assert "Test$secret" not in journal
+
+
+@pytest.fixture(scope="module")
+def restored(host, first_backup):
+    """Data changed after the backup, the database volume destroyed, then playbooks/restore.yml."""
+    get_json(host, 8001, "/visit")
+    get_json(host, 8002, "/visit")
+    host.check_output(f"rm {UPLOADS}/avatar.png && echo stray > {UPLOADS}/stray.txt")
+    host.check_output(
+        f"cd {DIR} && docker compose stop postgres && docker compose rm -f postgres"
+        f" && docker volume rm {PROJECT}_postgres-data"
+    )
+    refused = playbook("restore.yml")
+    colours_after_refusal = colours(host)
+    started_wall = time.time()
+    started = time.monotonic()
+    run = playbook("restore.yml", "-e", f"backup_restore_confirm={HOST}")
+    timing("restore_playbook_seconds", time.monotonic() - started)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    record = read_json(host, f"{STATE}/last-restore.json")
+    timing("restore_run_seconds", record["seconds"])
+    return {"refused": refused, "colours_after_refusal": colours_after_refusal, "run": run, "record": record,
+            "started": started_wall}
+
+
+def test_restore_refuses_without_confirmation(restored):
+    refused = restored["refused"]
+    assert refused.returncode != 0
+    assert f"backup_restore_confirm={HOST}" in refused.stdout
+    # It stopped nothing.
+    assert {s: c[0] for s, c in restored["colours_after_refusal"].items()} == {
+        "app-blue": "running",
+        "app-green": "running",
+    }
+
+
+def test_restore_brings_back_exactly_the_backed_up_data(host, first_backup, restored):
+    before = first_backup["before"]
+    stats = get_json(host, 8001, "/stats")
+    assert (stats["db_rows"], stats["redis_count"]) == (before["stats"]["db_rows"], before["stats"]["redis_count"])
+    assert visits_digest(host) == before["visits"]
+    # The uploads volume is exactly the snapshot's: the deleted file is back, the stray one gone.
+    assert uploads(host) == before["uploads"]
+
+
+def test_restore_restarted_the_running_colours_and_they_are_healthy(host, restored):
+    found = colours(host)
+    assert sorted(found) == ["app-blue", "app-green"]
+    for service, (state, health, started_at) in found.items():
+        assert (state, health) == ("running", "healthy"), service
+        started = datetime.fromisoformat(re.sub(r"\.(\d{6})\d*", r".\1", started_at).replace("Z", "+00:00"))
+        assert started.timestamp() > restored["started"], f"{service} was not stopped during the restore"
+    # And the app writes again.
+    assert get_json(host, 8002, "/visit")["db_rows"] == get_json(host, 8001, "/stats")["db_rows"]
+
+
+def test_restore_record_and_no_leftovers(host, restored):
+    record = restored["record"]
+    assert record["status"] == "ok"
+    assert record["postgres"]["matches_manifest"] is True
+    assert record["components"] == ["postgres", "redis", "volumes"]
+    assert "postgres" in record["changed"]
+    assert psql(host, "SELECT count(*) FROM pg_database WHERE datname LIKE '%berth_restore%'") == "0"
+    assert host.check_output(f"docker ps -a -q --filter name={PROJECT}-berth-") == ""
+
+
+def test_restore_a_chosen_snapshot_from_offsite(host, first_backup, restored):
+    """A later backup, then the first snapshot restored from the off-site repository (database only)."""
+    first = first_backup["record"]["repositories"]["offsite"]["snapshot_id"]
+    for _ in range(3):
+        get_json(host, 8001, "/visit")
+    assert playbook("backup-now.yml", "-e", "backup_now_restore_test=false").returncode == 0
+    # Retention keeps the oldest snapshot of the repository while its counts last (a fresh scenario's first).
+    assert first in snapshot_ids(host, "offsite"), "the first snapshot was forgotten: run on a fresh scenario"
+    redis_now = get_json(host, 8001, "/stats")["redis_count"]
+    run = playbook(
+        "restore.yml",
+        "-e", f"backup_restore_confirm={HOST}",
+        "-e", f"backup_restore_snapshot={first[:12]}",
+        "-e", "backup_restore_repository=offsite",
+        "-e", '{"backup_restore_components": ["postgres"]}',
+    )
+    assert run.returncode == 0, run.stdout[-4000:]
+    record = read_json(host, f"{STATE}/last-restore.json")
+    assert (record["repository"], record["snapshot"]["id"]) == ("offsite", first)
+    stats = get_json(host, 8001, "/stats")
+    assert stats["db_rows"] == first_backup["before"]["stats"]["db_rows"]
+    assert stats["redis_count"] == redis_now  # Redis was not part of this restore
+    wait_healthy(host)
+
+
+# --- schedule, lock, retention, integrity ---------------------------------------------------------
+
+
+def test_a_run_through_cron_makes_a_snapshot(host):
+    """The scheduled command, run by cron itself with a one-minute schedule of the test's."""
+    lines = host.file("/etc/cron.d/berth-backup").content_string.splitlines()
+    entry = next(line for line in lines if line.endswith(f"{PROGRAM} run"))
+    header = [line for line in lines if re.match(r"^[A-Z]+=", line)]
+    command = entry.split(None, 5)[5]
+    assert command == f"root {PROGRAM} run"
+    before = read_json(host, f"{STATE}/last-backup.json")["started_ts"]
+    test_file = "/etc/cron.d/berth-backup-test"
+    host.check_output(f"printf '%s\\n' {' '.join(shlex.quote(h) for h in header)} "
+                      f"{shlex.quote('* * * * * ' + command)} > {test_file} && chmod 0644 {test_file}")
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            record = read_json(host, f"{STATE}/last-backup.json")
+            if record["started_ts"] > before and record["status"] != "running":
+                break
+            time.sleep(3)
+        else:
+            pytest.fail("cron did not run the backup within 150 s")
+    finally:
+        host.check_output(f"rm -f {test_file}")
+    lock_free(host)
+    assert record["status"] == "ok", record.get("error")
+    for name in ("local", "offsite"):
+        assert record["repositories"][name]["snapshot_id"] in snapshot_ids(host, name)
+    assert "CRON" in host.check_output(f"journalctl --no-pager -u cron --since @{int(before)}")
+
+
+def test_runs_never_overlap(host):
+    lock_free(host)
+    out = host.run(f"{PROGRAM} run & sleep 2; {PROGRAM} run; echo second=$?; wait $!; echo first=$?")
+    assert "second=75" in out.stdout
+    assert "first=0" in out.stdout
+    assert "another berth-backup run holds" in out.stderr
+
+
+def snapshot_time(text):
+    text = re.sub(r"\.(\d{6})\d*", r".\1", text).replace("Z", "+00:00")
+    return datetime.fromisoformat(text)
+
+
+def expected_keep(snaps, keep):
+    """restic's documented policy, written out independently: newest first, one snapshot per new bucket
+    while a bucket type has counts left, and the oldest snapshot while counts are left."""
+    ordered = sorted(snaps, key=lambda s: snapshot_time(s["time"]), reverse=True)
+    buckets = {
+        "hourly": lambda t: t.strftime("%Y%m%d%H"),
+        "daily": lambda t: t.strftime("%Y%m%d"),
+        "weekly": lambda t: "{}{:02d}".format(*t.isocalendar()[:2]),
+        "monthly": lambda t: t.strftime("%Y%m"),
+    }
+    left = dict(keep)
+    last = dict.fromkeys(buckets)
+    kept = set()
+    for index, snap in enumerate(ordered):
+        when = snapshot_time(snap["time"])
+        for name, bucket in buckets.items():
+            if left[name] > 0:
+                value = bucket(when)
+                if value != last[name] or index == len(ordered) - 1:
+                    kept.add(snap["id"])
+                    last[name] = value
+                    left[name] -= 1
+    return kept
+
+
+def test_retention_forgets_and_prunes_as_configured(host):
+    lock_free(host)
+    host_name = HOST
+    now = time.time()
+    offsets_hours = [1.2, 2.2, 3.2, 26, 50, 74, 98, 122, 170, 220, 340, 500, 720, 1100, 1500, 2200]
+    for hours in offsets_hours:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now - hours * 3600))
+        host.check_output(
+            f"TZ=UTC {PROGRAM} restic local backup --quiet --tag berth --host {host_name} "
+            f"--time {shlex.quote(stamp)} /etc/hostname"
+        )
+    before = snapshots(host, "local")
+    offsite_before = snapshot_ids(host, "offsite")
+    assert host.run(f"{PROGRAM} run").rc == 0
+    record = read_json(host, f"{STATE}/last-backup.json")
+    after = snapshots(host, "local")
+    new = [s for s in after if s["id"] == record["repositories"]["local"]["snapshot_id"]]
+    assert len(new) == 1
+    wanted = expected_keep(before + new, KEEP)
+    assert {s["id"] for s in after} == wanted
+    removed = {s["short_id"] for s in before} - {s["short_id"] for s in after}
+    assert len(removed) >= 10
+    forget = record["repositories"]["local"]["forget"]
+    assert set(forget["removed"]) == removed
+    assert forget["pruned"] is True
+    # The off-site repository follows the same policy over its own (real) snapshots only.
+    offsite_after = snapshot_ids(host, "offsite")
+    assert record["repositories"]["offsite"]["snapshot_id"] in offsite_after
+    assert offsite_after <= offsite_before | {record["repositories"]["offsite"]["snapshot_id"]}
+    assert host.run(f"{PROGRAM} restic local check").rc == 0
+
+
+def test_offsite_copy_passes_restic_check_reading_all_data(host):
+    lock_free(host)
+    proc = host.run(f"{PROGRAM} restic offsite check --read-data")
+    assert proc.rc == 0, proc.stderr
+    assert "no errors were found" in proc.stdout
+
+
+# --- failures are loud and leave the last good backups alone --------------------------------------
+
+
+def failing_run(host, fault, repair):
+    """Snapshots and metrics before, a run with the fault in place, then the repaired host's snapshots."""
+    before = {name: snapshot_ids(host, name) for name in ("local", "offsite")}
+    metrics_before = metrics(host)
+    fault()
+    try:
+        proc = host.run(f"{PROGRAM} run")
+        record = read_json(host, f"{STATE}/last-backup.json")
+    finally:
+        repair()
+    after = {name: snapshot_ids(host, name) for name in ("local", "offsite")}
+    return before, metrics_before, proc, record, after
+
+
+def test_backup_with_the_database_down_fails_loudly_and_keeps_the_snapshots(host):
+    lock_free(host)
+    play = {}
+
+    def fault() -> None:
+        host.check_output(f"cd {DIR} && docker compose stop postgres")
+        play["run"] = playbook("backup-now.yml")
+
+    def repair() -> None:
+        host.check_output(f"cd {DIR} && docker compose up -d --wait postgres")
+        wait_healthy(host)
+
+    before, metrics_before, proc, record, after = failing_run(host, fault, repair)
+    play = play["run"]
+    assert play.returncode != 0
+    assert "service postgres of compose project demo is not running" in play.stdout
+    assert proc.rc == 1
+    assert "ERROR" in proc.stderr and "postgres" in proc.stderr
+    assert after == before
+    assert record["status"] == "failed"
+    found = metrics(host)
+    for name in ("local", "offsite"):
+        assert record["repositories"][name]["status"] == "failed"
+        assert found[("berth_backup_last_run_success", name)] == 0
+        # The last success stays the previous good run's, so "no success for 2 h" can fire.
+        key = ("berth_backup_last_success_timestamp_seconds", name)
+        assert found[key] == metrics_before[key] > 0
+        assert found[("berth_backup_size_bytes", name)] == metrics_before[("berth_backup_size_bytes", name)]
+
+
+def test_unreachable_offsite_fails_loudly_while_local_still_backs_up(host):
+    lock_free(host)
+    offsite = testinfra.get_host(f"docker://{OFFSITE}")
+    before, metrics_before, proc, record, after = failing_run(
+        host, lambda: offsite.check_output("systemctl stop ssh"), lambda: offsite.check_output("systemctl start ssh")
+    )
+    assert proc.rc == 1
+    assert "offsite" in proc.stderr
+    assert record["repositories"]["local"]["status"] == "ok"
+    assert record["repositories"]["offsite"]["status"] == "failed"
+    assert after["offsite"] == before["offsite"]
+    assert record["repositories"]["local"]["snapshot_id"] in after["local"]
+    found = metrics(host)
+    assert found[("berth_backup_last_run_success", "local")] == 1
+    assert found[("berth_backup_last_run_success", "offsite")] == 0
+    key = ("berth_backup_last_success_timestamp_seconds", "offsite")
+    assert found[key] == metrics_before[key]
+
+
+def test_full_disk_fails_loudly_and_keeps_the_snapshots(host):
+    lock_free(host)
+    # A tiny file system over the staging directory, where the dumps are written.
+    before, _metrics, proc, record, after = failing_run(
+        host,
+        lambda: host.check_output(f"mount -t tmpfs -o size=4k,nr_inodes=4 berth-test-full {STATE}/staging"),
+        lambda: host.check_output(f"umount {STATE}/staging"),
+    )
+    assert proc.rc == 1
+    assert "no space left on device" in proc.stderr.lower()
+    assert record["status"] == "failed"
+    assert after == before

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Backup and restore figures for a database of a few hundred MB (issue 7: RPO/RTO evidence).
+
+Runs against the backup role's Molecule host, converged first:
+
+    cd roles/backup && molecule converge      # the stack, a local and an off-site (SFTP) repository
+    scripts/bench_backup.py [--size-mb 300]   # prints the figures (and --json FILE writes them)
+
+It fills the demo database with a table of about --size-mb MB (generate_series, inside the PostgreSQL
+container), runs playbooks/backup-now.yml (backup to both repositories + restore test into a scratch
+database), destroys the database volume, runs playbooks/restore.yml, checks that every row came back
+and prints backup time, restore-test time, restore time and the sizes. The table is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _lib import ROOT, VENV_BIN
+
+try:
+    import yaml
+except ImportError:  # the system Python: run again with the project's virtualenv
+    if Path(sys.executable) != VENV_BIN / "python" and (VENV_BIN / "python").exists():
+        os.execv(VENV_BIN / "python", [str(VENV_BIN / "python"), __file__, *sys.argv[1:]])
+    sys.exit("berth: PyYAML is missing: run scripts/setup.py first")
+
+SCENARIO = ROOT / "roles" / "backup" / "molecule" / "default" / "molecule.yml"
+PROJECT = "demo"
+# One row is about 205 bytes on disk (measured: four md5 strings as text, a float, a timestamp, the tuple header).
+ROW_BYTES = 205
+
+
+def sh(host: str, command: str, timeout: float = 3600) -> str:
+    """Run a shell command in the test host; return its stdout, fail loudly otherwise."""
+    proc = subprocess.run(
+        ["docker", "exec", host, "sh", "-c", command], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        sys.exit(f"bench: `{command}` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc.stdout.strip()
+
+
+def psql(host: str, sql: str) -> str:
+    pg = sh(host, f"docker compose -p {PROJECT} ps -q postgres")
+    return sh(host, f"docker exec {pg} psql -U app -d app -At -v ON_ERROR_STOP=1 -c {shlex.quote(sql)}")
+
+
+def inventory(host: str, directory: Path) -> Path:
+    """An inventory for the test host with the scenario's variables (molecule.yml's host_vars)."""
+    text = SCENARIO.read_text().replace("$$", "$")
+    host_vars = yaml.safe_load(text)["provisioner"]["inventory"]["host_vars"][host]
+    host_vars["ansible_connection"] = "community.docker.docker"
+    path = directory / "inventory.yml"
+    path.write_text(yaml.safe_dump({"berth": {"hosts": {host: host_vars}}}))
+    return path
+
+
+def playbook(inventory_file: Path, name: str, *extra: str) -> float:
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),
+        "ANSIBLE_CACHE_PLUGIN": "memory",
+    }
+    started = time.monotonic()
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_file), str(ROOT / "playbooks" / name), *extra],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        sys.exit(f"bench: {name} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
+    return seconds
+
+
+def record(host: str, kind: str) -> dict[str, Any]:
+    return json.loads(sh(host, f"cat /var/lib/berth/backup/last-{kind}.json"))
+
+
+def fill(host: str, size_mb: int) -> dict[str, Any]:
+    rows = size_mb * 1024 * 1024 // ROW_BYTES
+    started = time.monotonic()
+    psql(host, "DROP TABLE IF EXISTS bench_rows")
+    psql(
+        host,
+        "CREATE TABLE bench_rows AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text)"
+        " || md5((g * 31)::text) AS payload, random() AS n, now() - g * interval '1 second' AS at"
+        f" FROM generate_series(1, {rows}) AS g",
+    )
+    psql(host, "ALTER TABLE bench_rows ADD PRIMARY KEY (id)")
+    return {
+        "rows": int(psql(host, "SELECT count(*) FROM bench_rows")),
+        "checksum": psql(host, "SELECT sum(hashtextextended(b::text, 0)) FROM bench_rows b"),
+        "database_bytes": int(psql(host, "SELECT pg_database_size('app')")),
+        "fill_seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def destroy_database(host: str) -> None:
+    sh(
+        host,
+        f"cd /opt/{PROJECT} && docker compose stop postgres && docker compose rm -f postgres"
+        f" && docker volume rm {PROJECT}_postgres-data",
+    )
+
+
+def measure(host: str, size_mb: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        inv = inventory(host, Path(tmp))
+        data = fill(host, size_mb)
+        backup_wall = playbook(inv, "backup-now.yml")
+        backup, test = record(host, "backup"), record(host, "restore-test")
+        destroy_database(host)
+        restore_wall = playbook(inv, "restore.yml", "-e", f"backup_restore_confirm={host}")
+        restored = record(host, "restore")
+        back = {
+            "rows": int(psql(host, "SELECT count(*) FROM bench_rows")),
+            "checksum": psql(host, "SELECT sum(hashtextextended(b::text, 0)) FROM bench_rows b"),
+        }
+        if (back["rows"], back["checksum"]) != (data["rows"], data["checksum"]):
+            sys.exit(f"bench: the restored table differs: {back} != {data}")
+        psql(host, "DROP TABLE bench_rows")
+    files = backup["contents"]["files"]
+    repos = backup["repositories"]
+    return {
+        "database_bytes": data["database_bytes"],
+        "rows": data["rows"],
+        "dump_bytes": files["postgres/database.dump"]["bytes"],
+        "snapshot_bytes": repos["local"]["bytes"],
+        "added_packed_bytes": {name: repo["added_packed_bytes"] for name, repo in repos.items()},
+        "pg_dump_seconds": backup["contents"]["postgres"]["seconds"],
+        "backup_run_seconds": backup["seconds"],
+        "backup_per_repository_seconds": {name: repo["duration"] for name, repo in repos.items()},
+        "restore_test_seconds": test["seconds"],
+        "backup_now_playbook_seconds": round(backup_wall, 1),
+        "restore_run_seconds": restored["seconds"],
+        "restore_database_seconds": restored["postgres"]["seconds"],
+        "restore_playbook_seconds": round(restore_wall, 1),
+        "restored_rows_match": True,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="berth-backup-trixie", help="the converged test host (container name)")
+    parser.add_argument("--size-mb", type=int, default=300, help="size of the table to add, in MB")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    figures = measure(args.host, args.size_mb)
+    mib = 1024 * 1024
+    print(f"database {figures['database_bytes'] / mib:.0f} MiB ({figures['rows']} rows in the bench table)")
+    print(f"dump (pg_dump -Fc -Z0) {figures['dump_bytes'] / mib:.0f} MiB; stored per repository (deduplicated, "
+          f"compressed): " + ", ".join(f"{k} {v / mib:.0f} MiB" for k, v in figures["added_packed_bytes"].items()))
+    f = figures
+    print(f"backup run {f['backup_run_seconds']:.0f} s (pg_dump {f['pg_dump_seconds']:.0f} s); restore test "
+          f"{f['restore_test_seconds']:.0f} s; backup-now.yml {f['backup_now_playbook_seconds']:.0f} s")
+    print(f"restore run {f['restore_run_seconds']:.0f} s (database {f['restore_database_seconds']:.0f} s); "
+          f"restore.yml {f['restore_playbook_seconds']:.0f} s")
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The backup role refuses bad input before it changes anything (its tasks/assert.yml, run on the controller).
+
+Each case starts from valid input and spoils one thing; the valid inputs themselves must pass, so a check
+that always fails cannot hide here. The run's output must never show the repository password (no_log).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+GOOD_PASSWORD = "bk-Good$secret#3/@:%z-restic"
+KNOWN_HOST = "backup.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+GOOD = {
+    "backup_password": GOOD_PASSWORD,
+    "backup_local_enabled": True,
+    "backup_local_repository": "/var/backups/berth-input-test/restic",
+    "backup_offsite_enabled": False,
+    "backup_offsite_sftp_host": "",
+    "backup_offsite_sftp_user": "",
+    "backup_offsite_known_hosts": [],
+    "backup_offsite_repository": "",
+    "backup_offsite_env": {},
+    "backup_keep_hourly": 24,
+    "backup_keep_daily": 7,
+    "backup_keep_weekly": 4,
+    "backup_keep_monthly": 6,
+    "backup_schedule": "17 * * * *",
+    "backup_paths": ["/opt/app"],
+    "backup_volumes": [],
+    "backup_restore_test_repository": "",
+}
+OFFSITE = {
+    "backup_offsite_enabled": True,
+    "backup_offsite_sftp_host": "backup.example.com",
+    "backup_offsite_sftp_user": "u123456",
+    "backup_offsite_known_hosts": [KNOWN_HOST],
+}
+# /proc/sys is read-only for everyone, root included, on the machines berth is tested on.
+READ_ONLY = "/proc/sys"
+SPOILT = {
+    "valid": {},
+    "valid with off-site SFTP": OFFSITE,
+    "valid off-site only": OFFSITE | {"backup_local_enabled": False},
+    "valid other off-site backend": {
+        "backup_offsite_enabled": True,
+        "backup_offsite_repository": "s3:https://s3.example.com/bucket/web1",
+        "backup_offsite_env": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret$value"},
+    },
+    "missing password": {"backup_password": ""},
+    "short password": {"backup_password": "Sh0rt$pw-12"},
+    "monotonous password": {"backup_password": "abababababababababababab"},
+    "retention zero everywhere": {
+        "backup_keep_hourly": 0,
+        "backup_keep_daily": 0,
+        "backup_keep_weekly": 0,
+        "backup_keep_monthly": 0,
+    },
+    "negative retention": {"backup_keep_daily": -1},
+    "no repository at all": {"backup_local_enabled": False},
+    "relative repository path": {"backup_local_repository": "backups/restic"},
+    "repository inside the backed-up directory": {"backup_local_repository": "/opt/app/restic"},
+    "repository path blocked by a file": {"backup_local_repository": "/etc/hostname/restic"},
+    "repository on a read-only file system": {"backup_local_repository": f"{READ_ONLY}/berth/restic"},
+    "off-site without a host": OFFSITE | {"backup_offsite_sftp_host": ""},
+    "off-site without a user": OFFSITE | {"backup_offsite_sftp_user": ""},
+    "off-site without a pinned host key": OFFSITE | {"backup_offsite_known_hosts": []},
+    "off-site with a malformed host key": OFFSITE | {"backup_offsite_known_hosts": ["backup.example.com AAAA"]},
+    "other off-site backend with a bad variable": {
+        "backup_offsite_enabled": True,
+        "backup_offsite_repository": "s3:https://s3.example.com/bucket/web1",
+        "backup_offsite_env": {"aws-key": "x"},
+    },
+    "bad schedule": {"backup_schedule": "every hour"},
+    "relative backup path": {"backup_paths": ["opt/app"]},
+    "bad volume name": {"backup_volumes": ["up loads"]},
+    "restore test from a disabled repository": {"backup_restore_test_repository": "offsite"},
+}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    cases = [{"name": name, "vars": GOOD | change} for name, change in SPOILT.items()]
+    out = tmp_path_factory.mktemp("backup_input") / "outcomes.json"
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_CACHE_PLUGIN": "memory"}
+    extra = {"cases": cases, "out": str(out), "ansible_python_interpreter": sys.executable}
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "ansible-playbook"),
+        "--check",
+        "-i",
+        "localhost,",
+        str(ROOT / "tests" / "playbooks" / "backup_input.yml"),
+        "-e",
+        json.dumps(extra),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert GOOD_PASSWORD not in proc.stdout + proc.stderr
+    assert "secret$value" not in proc.stdout + proc.stderr
+    assert not Path("/var/backups/berth-input-test").exists(), "the checks must not create anything"
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("case", [name for name in SPOILT if name.startswith("valid")])
+def test_valid_input_passes(outcomes: dict[str, dict], case: str) -> None:
+    assert outcomes[case] == {"failed": False, "msg": ""}
+
+
+def test_read_only_case_is_read_only() -> None:
+    """The read-only case below means something only where /proc/sys cannot be written."""
+    assert not os.access(READ_ONLY, os.W_OK)
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("missing password", "backup_password is missing or weak"),
+        ("short password", "backup_password is missing or weak"),
+        ("monotonous password", "backup_password is missing or weak"),
+        ("retention zero everywhere", "at least one above 0"),
+        ("negative retention", "must be 0 or more"),
+        ("no repository at all", "Enable backup_local_enabled, backup_offsite_enabled or both"),
+        ("relative repository path", "must be an absolute, normalised path"),
+        ("repository inside the backed-up directory", "outside the directory it backs up"),
+        ("repository path blocked by a file", "/etc/hostname is not a directory"),
+        ("repository on a read-only file system", f"{READ_ONLY} is not writable"),
+        ("off-site without a host", "needs backup_offsite_sftp_host"),
+        ("off-site without a user", "needs backup_offsite_sftp_host"),
+        ("off-site without a pinned host key", "backup_offsite_known_hosts"),
+        ("off-site with a malformed host key", "backup_offsite_known_hosts"),
+        ("other off-site backend with a bad variable", "upper-case environment names"),
+        ("bad schedule", "five cron fields"),
+        ("relative backup path", "absolute paths"),
+        ("bad volume name", "Docker volume names"),
+        ("restore test from a disabled repository", "which is not enabled"),
+    ],
+)
+def test_bad_input_fails_with_a_clear_message(outcomes: dict[str, dict], case: str, says: str) -> None:
+    assert outcomes[case]["failed"] is True
+    assert says in outcomes[case]["msg"]
