@@ -5,19 +5,26 @@
     scripts/bench.py --only second,release --repeat 5
     scripts/bench.py --only parallel --hosts 5
 
-Every figure is measured on local test hosts (Debian 13 systemd containers, as in the demo) twice,
-side by side: with berth's ansible.cfg ("berth") and with plain ansible-core defaults ("baseline": no
-pipelining, facts gathered by every play, no fact cache, 5 forks), so that each optimisation shows as a
-ratio. Phases:
+Every figure is measured on local test hosts (Debian 13 systemd containers, as in the demo, reached
+with docker exec) side by side in three profiles, so that each optimisation shows as a ratio:
+
+    baseline   plain ansible-core defaults: no pipelining, facts gathered by every play, no fact cache,
+               5 forks
+    berth      berth's ansible.cfg (pipelining, facts once and cached, 20 forks)
+    mitogen    berth's ansible.cfg with Mitogen's strategy (ANSIBLE_STRATEGY=mitogen_linear, opt-in)
+
+Phases:
 
     cold       site.yml on a fresh host (a new host per repetition)
     second     site.yml again on the converged host (must change nothing)
     release    deploy of an image already on the host (a new tag of v2, so a real start of the idle
                colour) and rollback to the warm previous colour, under steady HTTPS load through
                nginx; "switched" is command start -> first answer from the new version
-    parallel   site.yml on N fresh hosts at once versus one (berth's configuration only)
+    parallel   site.yml on N fresh hosts at once versus one (berth and mitogen profiles)
 
-Prints a table (median / min / max, tasks, changed, slowest tasks) and writes artifacts/bench.json.
+Prints each figure as it is measured, then a table (median / min / max, tasks, changed, slowest
+tasks); artifacts/bench.json holds every figure so far (written after each one, so a failed phase
+keeps what came before).
 The hosts are removed at the end (--keep leaves them).
 """
 
@@ -45,6 +52,7 @@ OUT = ROOT / "artifacts" / "bench.json"
 SITE = "berth.localhost"
 PROFILES: dict[str, dict[str, str]] = {
     "berth": {},
+    "mitogen": {"ANSIBLE_STRATEGY": "mitogen_linear"},
     "baseline": {
         "ANSIBLE_PIPELINING": "False",
         "ANSIBLE_GATHERING": "implicit",
@@ -71,7 +79,8 @@ def platforms(names: list[str]) -> str:
 def write_inventory(names: list[str]) -> Path:
     """An inventory like inventories/local (same group_vars) naming the bench hosts."""
     INVENTORY.mkdir(parents=True, exist_ok=True)
-    hosts = {n: {"ansible_connection": "community.docker.docker"} for n in names}
+    # "docker" (community.docker.docker for Ansible) lets Mitogen use its own docker exec transport.
+    hosts = {n: {"ansible_connection": "docker"} for n in names}
     doc = {"all": {"children": {"berth": {"hosts": hosts}, "nested_docker": {"hosts": dict.fromkeys(names)}}}}
     (INVENTORY / "hosts.yml").write_text(json.dumps(doc, indent=2))
     link = INVENTORY / "group_vars"
@@ -170,19 +179,29 @@ def site_vars() -> list[str]:
     return ["-e", f"@{demo.secrets()}", "-e", json.dumps({"app_stack_image_archives": [str(images.kit_tarball())]})]
 
 
-# --- phases --------------------------------------------------------------------------------------
+# --- phases (each appends to RESULTS as it measures: see record()) -------------------------------
+
+RESULTS: dict = {}
 
 
-def cold(repeat: int) -> dict[str, list[dict]]:
-    results: dict[str, list[dict]] = {p: [] for p in PROFILES}
+def record(phase: str, measure: str, profile: str, figures: dict) -> None:
+    """Keep one measurement, print it at once and write everything so far to artifacts/bench.json."""
+    RESULTS.setdefault(phase, {}).setdefault(measure, {}).setdefault(profile, []).append(figures)
+    shown = {k: v for k, v in figures.items() if k != "slowest"}
+    log(f"{measure} ({profile}): {json.dumps(shown)}")
+    OUT.parent.mkdir(exist_ok=True)
+    when = datetime.now().isoformat(timespec="seconds")
+    OUT.write_text(json.dumps({"when": when, "cpus": os.cpu_count(), "results": RESULTS}, indent=2))
+
+
+def cold(repeat: int) -> None:
     for i in range(repeat):
         for profile in PROFILES:
             name = f"berth-bench-cold-{profile}"
             inventory = create([name])
             log(f"cold site.yml ({profile}, {i + 1}/{repeat})")
-            results[profile].append(ansible(profile, inventory, "site.yml"))
+            record("cold", "cold site.yml", profile, ansible(profile, inventory, "site.yml"))
             destroy([name])
-    return results
 
 
 def converged() -> Path:
@@ -195,25 +214,19 @@ def converged() -> Path:
     return inventory
 
 
-def second(repeat: int, inventory: Path) -> dict[str, list[dict]]:
-    results: dict[str, list[dict]] = {p: [] for p in PROFILES}
+def second(repeat: int, inventory: Path) -> None:
     for i in range(repeat):
         for profile in PROFILES:
             log(f"second site.yml ({profile}, {i + 1}/{repeat})")
-            results[profile].append(ansible(profile, inventory, "site.yml"))
-    return results
+            record("second", "second site.yml", profile, ansible(profile, inventory, "site.yml"))
 
 
-def release(repeat: int, inventory: Path, wrk: int) -> dict[str, dict[str, list[dict]]]:
+def release(repeat: int, inventory: Path, wrk: int) -> None:
     """Deploy (a new tag of an image on the host) and rollback (to the warm colour), under load."""
     # The steady keep-alive client only by default: wrk floods as fast as it can and would take the
     # machine's CPUs from the deploy being timed (--wrk adds it, as the release scenario's tests do).
     host = LoadedHost("berth-bench-1", SITE, str(inventory / "hosts.yml"), wrk_connections=wrk)
     host.install_client()
-    results: dict[str, dict[str, list[dict]]] = {
-        "deploy": {p: [] for p in PROFILES},
-        "rollback": {p: [] for p in PROFILES},
-    }
     for i in range(repeat):
         for profile in PROFILES:
             tag = f"bench-{profile}-{i}"
@@ -227,29 +240,26 @@ def release(repeat: int, inventory: Path, wrk: int) -> dict[str, dict[str, list[
                 phase = host.phase(f"{kind}-{profile}-{i}", playbook, *extra)
                 if phase.rc != 0:
                     sys.exit(f"bench: {kind} failed:\n{phase.output[-4000:]}")
-                results[kind][profile].append(
-                    {
-                        "seconds": round(phase.seconds, 2),
-                        "switched": round(phase.switched_after(version) or -1, 2),
-                        "sent": phase.load["sent"] + phase.wrk["requests"],
-                        "failed": phase.failed,
-                        # the machine's 1-minute load average after the phase (other work skews figures)
-                        "load": round(os.getloadavg()[0], 1),
-                    }
-                )
-    return results
+                figures = {
+                    "seconds": round(phase.seconds, 2),
+                    "switched": round(phase.switched_after(version) or -1, 2),
+                    "sent": phase.load["sent"] + phase.wrk["requests"],
+                    "failed": phase.failed,
+                    # the machine's 1-minute load average after the phase (other work skews figures)
+                    "load": round(os.getloadavg()[0], 1),
+                }
+                record("release", kind, profile, figures)
 
 
-def parallel(count: int, keep: bool) -> dict[str, list[dict]]:
+def parallel(count: int, keep: bool) -> None:
     names = [f"berth-bench-p{i}" for i in range(1, count + 1)]
-    results: dict[str, list[dict]] = {}
-    for group in ([names[0]], names):
-        inventory = create(group)
-        log(f"site.yml on {len(group)} host(s) at once")
-        results[f"{len(group)} host(s)"] = [ansible("berth", inventory, "site.yml")]
-        if not keep:
-            destroy(group)
-    return results
+    for profile in ("berth", "mitogen"):
+        for group in ([names[0]], names):
+            inventory = create(group)
+            log(f"site.yml on {len(group)} host(s) at once ({profile})")
+            record("parallel", f"{len(group)} host(s) at once", profile, ansible(profile, inventory, "site.yml"))
+            if not keep:
+                destroy(group)
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -273,25 +283,25 @@ def row(measure: str, profile: str, runs: list[dict]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def table(results: dict) -> str:
+def table() -> str:
     rows = [
         "| measure | profile | runs | seconds: median (min-max) | switched (s) | tasks | changed | sent / failed |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for phase, data in results.items():
-        if phase == "release":
-            rows += [row(kind, profile, runs) for kind, profiles in data.items() for profile, runs in profiles.items()]
-        else:
-            rows += [row(f"{phase} site.yml", profile, runs) for profile, runs in data.items()]
+    for measures in RESULTS.values():
+        rows += [
+            row(measure, profile, runs) for measure, profiles in measures.items() for profile, runs in profiles.items()
+        ]
     return "\n".join(rows)
 
 
-def slowest(results: dict) -> str:
+def slowest() -> str:
     lines = []
     for phase in ("cold", "second"):
-        for profile, runs in results.get(phase, {}).items():
-            top = ", ".join(f"{name} {t:.1f}s" for name, t in runs[-1]["slowest"])
-            lines.append(f"- {phase} site.yml, {profile}: {top}")
+        for measure, profiles in RESULTS.get(phase, {}).items():
+            for profile, runs in profiles.items():
+                top = ", ".join(f"{name} {t:.1f}s" for name, t in runs[-1]["slowest"])
+                lines.append(f"- {measure}, {profile}: {top}")
     return "\n".join(lines)
 
 
@@ -310,27 +320,20 @@ def main() -> None:
     run([sys.executable, str(ROOT / "scripts" / "setup.py"), "--engine"])
     run([sys.executable, str(ROOT / "scripts" / "images.py"), "trixie", "kit"])
     demo.admin_key()
-    results: dict = {}
     started = time.monotonic()
     if "cold" in only:
-        results["cold"] = cold(args.cold_repeat)
+        cold(args.cold_repeat)
     if {"second", "release"} & set(only):
         inventory = converged()
         if "second" in only:
-            results["second"] = second(args.repeat, inventory)
+            second(args.repeat, inventory)
         if "release" in only:
-            results["release"] = release(args.repeat, inventory, args.wrk)
+            release(args.repeat, inventory, args.wrk)
         if not args.keep:
             destroy(["berth-bench-1"])
     if "parallel" in only:
-        results["parallel"] = parallel(args.hosts, keep=args.keep)
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(
-        json.dumps(
-            {"when": datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(), "results": results}, indent=2
-        )
-    )
-    print(f"\n{table(results)}\n\nSlowest tasks (last run):\n{slowest(results)}\n")
+        parallel(args.hosts, keep=args.keep)
+    print(f"\n{table()}\n\nSlowest tasks (last run):\n{slowest()}\n")
     log(f"bench took {time.monotonic() - started:.0f} s; figures in {OUT.relative_to(ROOT)}")
 
 

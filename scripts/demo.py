@@ -97,6 +97,9 @@ The demo host {HOST} is provisioned: nginx serves the app over HTTPS with a cert
                         -e '{extra[3]}'   (changes nothing)
   deploy v2:          .venv/bin/ansible-playbook playbooks/deploy.yml -i inventories/local -e app_version=v2
   roll back:          .venv/bin/ansible-playbook playbooks/rollback.yml -i inventories/local
+  back up now:        .venv/bin/ansible-playbook playbooks/backup-now.yml -i inventories/local {" ".join(extra[:2])}
+  restore:            .venv/bin/ansible-playbook playbooks/restore.yml -i inventories/local {" ".join(extra[:2])} \\
+                        -e backup_restore_confirm={HOST}
   tear it down:       scripts/demo.py down   (removes the host, its volumes and network)
 """)
 

@@ -6,16 +6,11 @@ check that always fails cannot hide here. The run's output must never show a sec
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import run_input_cases
 
 GOOD_PG = "pg-Good$secret#1/@:%x"
 GOOD_REDIS = "rd-Good$secret#2/@:%y"
@@ -63,24 +58,10 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, busy_port: int) -> dict[s
         "port held by another program": {"app_stack_green_port": busy_port},
         "bad env name": {"app_stack_app_env": {"BAD-NAME": "x"}},
     }
-    cases = [{"name": name, "vars": good | change} for name, change in spoilt.items()]
-    out = tmp_path_factory.mktemp("app_stack_input") / "outcomes.json"
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_CACHE_PLUGIN": "memory"}
-    extra = {"cases": cases, "out": str(out), "ansible_python_interpreter": sys.executable}
-    cmd = [
-        str(ROOT / ".venv" / "bin" / "ansible-playbook"),
-        "--check",
-        "-i",
-        "localhost,",
-        str(ROOT / "tests" / "playbooks" / "app_stack_input.yml"),
-        "-e",
-        json.dumps(extra),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert GOOD_PG not in proc.stdout + proc.stderr
-    assert GOOD_REDIS not in proc.stdout + proc.stderr
-    return json.loads(Path(out).read_text())
+    outcomes, printed = run_input_cases("app_stack_input.yml", spoilt, good, tmp_path_factory.mktemp("app_stack"))
+    assert GOOD_PG not in printed
+    assert GOOD_REDIS not in printed
+    return outcomes
 
 
 def test_valid_input_passes(outcomes: dict[str, dict]) -> None:

@@ -6,14 +6,11 @@ that always fails cannot hide here. The run's output must never show the reposit
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import run_input_cases
 
 GOOD_PASSWORD = "bk-Good$secret#3/@:%z-restic"
 KNOWN_HOST = "backup.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -86,25 +83,11 @@ SPOILT = {
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    cases = [{"name": name, "vars": GOOD | change} for name, change in SPOILT.items()]
-    out = tmp_path_factory.mktemp("backup_input") / "outcomes.json"
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_CACHE_PLUGIN": "memory"}
-    extra = {"cases": cases, "out": str(out), "ansible_python_interpreter": sys.executable}
-    cmd = [
-        str(ROOT / ".venv" / "bin" / "ansible-playbook"),
-        "--check",
-        "-i",
-        "localhost,",
-        str(ROOT / "tests" / "playbooks" / "backup_input.yml"),
-        "-e",
-        json.dumps(extra),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert GOOD_PASSWORD not in proc.stdout + proc.stderr
-    assert "secret$value" not in proc.stdout + proc.stderr
+    outcomes, printed = run_input_cases("backup_input.yml", SPOILT, GOOD, tmp_path_factory.mktemp("backup"))
+    assert GOOD_PASSWORD not in printed
+    assert "secret$value" not in printed
     assert not Path("/var/backups/berth-input-test").exists(), "the checks must not create anything"
-    return json.loads(out.read_text())
+    return outcomes
 
 
 @pytest.mark.parametrize("case", [name for name in SPOILT if name.startswith("valid")])

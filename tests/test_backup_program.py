@@ -48,9 +48,7 @@ def test_a_failed_run_keeps_the_last_success_and_size() -> None:
 
 def test_metrics_have_the_alerting_names_and_one_line_per_repository() -> None:
     state: dict = {}
-    bb.update_state(
-        state, "backup", record(1700000000.5, local={"status": "ok", "bytes": 10, "duration": 3.25})
-    )
+    bb.update_state(state, "backup", record(1700000000.5, local={"status": "ok", "bytes": 10, "duration": 3.25}))
     text = bb.render_metrics(state, "backup", ["local", "offsite"])
     samples = [line for line in text.splitlines() if not line.startswith("#")]
     assert samples == [

@@ -24,4 +24,4 @@ def test_bad_input_fails_before_changes() -> None:
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     recap = run.stdout[run.stdout.rindex("PLAY RECAP") :]
     assert "failed=0" in recap
-    assert recap.count("rescued=4") == 2, recap
+    assert recap.count("rescued=5") == 2, recap

@@ -1,0 +1,138 @@
+"""The whole host after site.yml and the first release, observed from the probe (another host on the
+network): as a visitor of the site, an attacker scanning ports, and the monitoring server."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import testinfra
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+HOST, PROBE = "berth-site-trixie", "berth-site-probe"
+SITE = "shop.test"
+# The well-known ports and the usual suspects of a Docker host (Docker's API, databases, caches, the
+# app's colours, metrics, Pebble).
+PORTS = "1-1024,2375,2376,3000,5432,6379,8000,8001,8002,9090,9100,14000,15000"
+
+ADMIN_KEY = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "admin_ed25519"
+
+testinfra_hosts = [PROBE]
+
+
+def get_host(name: str) -> testinfra.host.Host:
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+
+
+@pytest.fixture(scope="module")
+def target() -> testinfra.host.Host:
+    return get_host(HOST)
+
+
+@pytest.fixture(scope="module")
+def address(target) -> str:
+    return target.check_output("ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1")
+
+
+@pytest.fixture(scope="module")
+def stranger(host) -> str:
+    """An extra address of the probe that is not the monitoring server's: what the world sees."""
+    own = host.check_output("ip -4 -o addr show dev eth0 | awk '{print $4; exit}'")
+    network = ipaddress.ip_interface(own).network
+    extra = str(network.network_address + 250)
+    if extra not in host.check_output("ip -4 -o addr show dev eth0"):
+        host.check_output(f"ip addr add {extra}/{network.prefixlen} dev eth0")
+    return extra
+
+
+@pytest.fixture(scope="module")
+def pebble_root(host, target) -> str:
+    """Pebble's issuing root (it changes on every Pebble start), for the probe to verify the site."""
+    root = target.check_output("curl -sS --cacert /etc/pebble/ca.pem https://127.0.0.1:15000/roots/0")
+    host.check_output(f"printf '%s\\n' '{root}' > /tmp/pebble-root.pem")
+    return "/tmp/pebble-root.pem"
+
+
+def https(host, address: str, path: str, root: str) -> str:
+    return host.check_output(f"curl -sS --fail --cacert {root} --resolve {SITE}:443:{address} https://{SITE}{path}")
+
+
+def ssh(user: str, address: str) -> subprocess.CompletedProcess:
+    """Log in from the controller with the admin's key (the one root had on the fresh host)."""
+    options = ["BatchMode=yes", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "ConnectTimeout=10"]
+    argv = ["ssh", "-i", str(ADMIN_KEY), *(f"-o{o}" for o in options), f"{user}@{address}", "id -un"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_first_run_logged_in_as_root_and_went_on_as_the_admin(target, address):
+    # sshd's log: the first converge came in as root, then (hardening proved the admin's key and
+    # turned root logins off) the rest of that run and every later one as the admin.
+    log = target.check_output("journalctl -u ssh --no-pager -o cat")
+    root, admin = log.find("Accepted publickey for root "), log.find("Accepted publickey for ops ")
+    assert 0 <= root < admin, log[-3000:]
+    refused = ssh("root", address)
+    assert refused.returncode != 0
+    assert "Permission denied" in refused.stderr
+    assert ssh("ops", address).stdout.strip() == "ops"
+
+
+def test_only_ssh_http_and_https_are_open_to_the_world(host, address, stranger):
+    out = host.check_output(f"nmap -Pn -sT -n -T4 --max-retries 1 -S {stranger} -e eth0 -p {PORTS} -oG - {address}")
+    line = next(line for line in out.splitlines() if "Ports:" in line)
+    states = dict(re.findall(r"(\d+)/(\w+)/tcp", line))
+    assert {int(port) for port, state in states.items() if state == "open"} == {22, 80, 443}, line
+
+
+def test_the_site_is_served_over_https_with_a_certificate_from_the_acme_server(host, address, pebble_root):
+    # curl verifies the chain against Pebble's root and the name shop.test.
+    assert json.loads(https(host, address, "/version", pebble_root)) == {"version": "v1", "colour": "blue"}
+    issuer = host.check_output(
+        f"echo | openssl s_client -connect {address}:443 -servername {SITE} 2>/dev/null | openssl x509 -noout -issuer"
+    )
+    assert "Pebble" in issuer
+    redirect = host.check_output(
+        f"curl -sS -o /dev/null -w '%{{http_code}} %{{redirect_url}}' -H 'Host: {SITE}' http://{address}/"
+    )
+    assert redirect == f"301 https://{SITE}/"
+
+
+def test_the_app_is_wired_to_postgresql_and_redis(host, address, pebble_root):
+    first = json.loads(https(host, address, "/visit", pebble_root))
+    second = json.loads(https(host, address, "/visit", pebble_root))
+    assert second["db_rows"] == first["db_rows"] + 1
+    assert second["redis_count"] == first["redis_count"] + 1
+
+
+def test_the_first_release_is_recorded(target):
+    state = json.loads(target.check_output("cat /var/lib/berth/release.json"))
+    assert (state["live"]["version"], state["live"]["colour"]) == ("v1", "blue")
+
+
+def test_a_backup_is_produced_and_listed_by_restic(target):
+    cron = target.file("/etc/cron.d/berth-backup")
+    assert cron.exists and "berth-backup" in cron.content_string
+    target.check_output("/usr/local/sbin/berth-backup run")
+    snapshots = json.loads(
+        target.check_output(
+            "RESTIC_PASSWORD_FILE=/etc/berth/backup/password restic -r /var/backups/berth/restic snapshots --json"
+        )
+    )
+    assert len(snapshots) >= 1
+
+
+def test_the_monitoring_server_scrapes_the_metrics(host, address, target):
+    metrics = host.check_output(f"curl -sS --fail http://{address}:9100/metrics")
+    assert 'berth_release_info{app="shop",colour="blue",version="v1"} 1' in metrics
+    assert re.search(r'berth_backup_last_run_success\{repository="[^"]+"\} 1', metrics)
+    assert re.search(r'berth_tls_certificate_not_after_timestamp_seconds\{domain="shop.test"\} \d', metrics)
+    assert "node_filesystem_avail_bytes" in metrics
+
+
+def test_metrics_are_closed_to_everybody_else(host, address, stranger):
+    refused = host.run(f"curl -sS --max-time 5 --interface {stranger} http://{address}:9100/metrics")
+    assert refused.rc != 0

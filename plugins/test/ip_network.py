@@ -1,0 +1,25 @@
+"""Jinja test `berth_ip_network`: an IPv4 or IPv6 address or network in CIDR notation, no host names.
+
+    nginx_rate_limit_exempt | reject('berth_ip_network') | list   # the entries that are not
+
+Python's ipaddress module decides (host bits are allowed: 10.0.0.5/8 is the network 10.0.0.0/8).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+
+def ip_network(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+class TestModule:
+    def tests(self) -> dict:
+        return {"berth_ip_network": ip_network}

@@ -1,0 +1,168 @@
+"""What the Prometheus server (Debian's package, on its own host) and a stranger on the network observe."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import (
+    CA,
+    EXPORTERS,
+    PASSWORD,
+    PROMETHEUS,
+    TEXTFILE_DIR,
+    USER,
+    address,
+    api,
+    curl,
+    get_host,
+    query,
+    wait_for,
+)
+
+testinfra_hosts = [PROMETHEUS]
+FILES = ("berth_tls.prom", "berth_release.prom")
+# berth-alerts.yml and its promtool unit tests, side by side (prepare.yml)
+ALERTS = "/etc/prometheus/berth-alerts-test"
+
+
+@pytest.fixture(scope="module")
+def prometheus():
+    host = get_host(PROMETHEUS)
+    wait_for(lambda: host.run("curl -sf http://127.0.0.1:9090/-/ready").rc == 0, 60, "Prometheus ready")
+    return host
+
+
+@pytest.fixture(scope="module")
+def targets(prometheus) -> dict[str, dict]:
+    """The exporters' scrape targets once Prometheus has scraped each of them successfully."""
+
+    def all_up() -> dict[str, dict]:
+        found = {t["labels"]["instance"]: t for t in api(prometheus, "targets")["activeTargets"]}
+        return found if all(found.get(f"{e}:9100", {}).get("health") == "up" for e in EXPORTERS) else {}
+
+    return wait_for(all_up, 90, "both exporters up in Prometheus")
+
+
+def values(prometheus, expr: str) -> dict[tuple, float]:
+    """{(label values, sorted by label name, without __name__ and job): value} of a query."""
+    found = {}
+    for series in query(prometheus, expr):
+        labels = series["metric"]
+        key = tuple(labels[name] for name in sorted(labels) if name not in ("__name__", "job"))
+        found[key] = float(series["value"][1])
+    return found
+
+
+def test_prometheus_scrapes_the_exporters_over_tls_with_basic_auth(prometheus, targets):
+    for exporter in EXPORTERS:
+        target = targets[f"{exporter}:9100"]
+        assert target["health"] == "up" and target["lastError"] == ""
+        assert target["scrapeUrl"] == f"https://{exporter}:9100/metrics"
+    assert all(v == 1 for v in values(prometheus, 'up{job="node"}').values())
+
+
+def test_wrong_credentials_and_plain_http_are_refused(prometheus):
+    for exporter in EXPORTERS:
+        url = f"https://{exporter}:9100/metrics"
+        assert curl(prometheus, url, f"-u {USER}:{PASSWORD}") == "200"
+        assert curl(prometheus, url, f"-u {USER}:wrong-password") == "401"
+        assert curl(prometheus, url, f"-u nobody:{PASSWORD}") == "401"
+        assert curl(prometheus, url) == "401"
+        # TLS only: a plain HTTP request is answered 400 (and carries no credentials to leak).
+        assert curl(prometheus, f"http://{exporter}:9100/metrics", f"-u {USER}:{PASSWORD}") == "400"
+        # The certificate is checked: it names the host and chains to the test CA.
+        assert "CN=berth test CA" in prometheus.check_output(
+            f"openssl s_client -connect {exporter}:9100 -servername {exporter} -CAfile {CA} -verify_return_error"
+            " </dev/null 2>/dev/null | openssl x509 -noout -issuer"
+        )
+
+
+def test_a_source_that_is_not_allowed_cannot_reach_9100(prometheus, targets):
+    own = address(PROMETHEUS)
+    stranger = re.sub(r"\.\d+$", ".250", own)
+    if stranger not in prometheus.check_output("ip -4 -o addr show dev eth0"):
+        prefix = prometheus.check_output("ip -4 -o addr show dev eth0 | awk '{print $4; exit}'").split("/")[1]
+        prometheus.check_output(f"ip addr add {stranger}/{prefix} dev eth0")
+    for exporter in EXPORTERS:
+        ip = address(exporter)
+        # From the allowed address the TCP handshake succeeds; from the other one it is dropped (no answer).
+        allowed = prometheus.run(f"curl -s -o /dev/null --max-time 5 --interface {own} -k https://{ip}:9100/")
+        assert allowed.rc == 0, allowed.stderr
+        refused = prometheus.run(f"curl -s -o /dev/null --max-time 5 --interface {stranger} -k https://{ip}:9100/")
+        assert refused.rc == 28, f"expected a timeout (dropped), got curl exit {refused.rc}"
+
+
+def test_textfile_metrics_reach_prometheus_with_their_values(prometheus, targets):
+    """The values Prometheus holds are the ones in the files on each host (labels sorted by name)."""
+    tls = values(prometheus, "berth_tls_certificate_not_after_timestamp_seconds")
+    release = values(prometheus, "berth_release_info")
+    deployed = values(prometheus, "berth_release_deployed_timestamp_seconds")
+    backup_ok = values(prometheus, "berth_backup_last_run_success")
+    sizes = values(prometheus, "berth_backup_size_bytes")
+    durations = values(prometheus, "berth_backup_duration_seconds")
+    for exporter in EXPORTERS:
+        host = get_host(exporter)
+        instance = f"{exporter}:9100"
+        files = {name: host.file(f"{TEXTFILE_DIR}/{name}").content_string for name in FILES}
+        certificates = re.findall(r'^\S+\{domain="([^"]+)"\} (\d+)$', files["berth_tls.prom"], re.M)
+        assert {domain for domain, _ in certificates} == {"berth.test", "api.berth.test"}
+        for domain, value in certificates:
+            assert tls[(domain, instance)] == float(value)
+        assert release[("demo", "green", instance, "v2")] == 1
+        stamp = re.search(r'berth_release_deployed_timestamp_seconds\{app="demo"\} (\d+)', files["berth_release.prom"])
+        assert deployed[("demo", instance)] == float(stamp.group(1))
+        assert backup_ok[(instance, "offsite")] == 0
+        assert sizes[(instance, "offsite")] == 123456789
+        assert durations[(instance, "offsite")] == 42.5
+    # The stale-metrics alert's selector matches the file label of both node_exporter versions.
+    fresh = values(prometheus, 'time() - node_textfile_mtime_seconds{file=~"(.*/)?berth_tls.prom"} < 3600')
+    assert sorted(key[-1] for key in fresh) == sorted(f"{exporter}:9100" for exporter in EXPORTERS)
+
+
+def test_collectors_are_chosen_by_the_variables(prometheus, targets):
+    for exporter in EXPORTERS:
+        instance = f'instance="{exporter}:9100"'
+        assert query(prometheus, f"node_tcp_connection_states{{{instance}}}"), "tcpstat (enabled) reports nothing"
+        assert query(prometheus, f'node_scrape_collector_success{{{instance}, collector="textfile"}}')
+        assert not query(prometheus, f'node_scrape_collector_success{{{instance}, collector="arp"}}')
+        assert not query(prometheus, f"node_arp_entries{{{instance}}}"), "arp (disabled) still reports"
+        assert query(prometheus, f"node_textfile_scrape_error{{{instance}}} == 0")
+
+
+def test_alert_rules_pass_promtool(prometheus):
+    checked = prometheus.run(f"promtool check rules {ALERTS}/berth-alerts.yml")
+    assert checked.rc == 0 and "SUCCESS: 9 rules found" in checked.stdout, checked.stdout + checked.stderr
+    tested = prometheus.run(f"cd {ALERTS} && promtool test rules berth-alerts.test.yml")
+    assert tested.rc == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+
+
+def test_the_live_prometheus_evaluates_the_rules_on_scraped_data(prometheus, targets):
+    groups = {g["name"] for g in api(prometheus, "rules")["groups"]}
+    assert groups == {"berth-host", "berth-backup", "berth-tls", "berth-release"}
+
+    def alerts() -> dict[tuple[str, str, str], str]:
+        found = api(prometheus, "alerts")["alerts"]
+        states = {}
+        for alert in found:
+            labels = alert["labels"]
+            subject = labels.get("domain") or labels.get("repository", "")
+            states[(labels["alertname"], labels["instance"], subject)] = alert["state"]
+        return states
+
+    expected = {}
+    for exporter in EXPORTERS:
+        instance = f"{exporter}:9100"
+        # berth.test expires in 5 days (for: 1h, so pending), api.berth.test in 60 (no alert); the last
+        # backup failed (no for: firing) and the last success was 2 days ago (for: 10m, pending).
+        expected[("BerthCertificateExpiring", instance, "berth.test")] = "pending"
+        expected[("BerthBackupFailed", instance, "offsite")] = "firing"
+        expected[("BerthBackupTooOld", instance, "offsite")] = "pending"
+    seen: list[dict] = []
+
+    def as_expected() -> bool:
+        seen.append(alerts())
+        return seen[-1] == expected
+
+    wait_for(as_expected, 30, "the expected alerts")
+    assert seen[-1] == expected
