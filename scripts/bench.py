@@ -20,6 +20,8 @@ Phases:
     release    deploy of an image already on the host (a new tag of v2, so a real start of the idle
                colour) and rollback to the warm previous colour, under steady HTTPS load through
                nginx; "switched" is command start -> first answer from the new version
+    backup     backup-now.yml and restore.yml of a database grown by --backup-mb MB (a lost
+               database volume restored; every row compared), berth's profile (scripts/bench_backup.py)
     parallel   site.yml on N fresh hosts at once versus one (berth and mitogen profiles)
 
 Prints each figure as it is measured, then a table (median / min / max, tasks, changed, slowest
@@ -40,6 +42,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import bench_backup
 import demo
 import images
 from _lib import ROOT, VENV_BIN, log, run, venv_env
@@ -60,7 +63,7 @@ PROFILES: dict[str, dict[str, str]] = {
         "ANSIBLE_FORKS": "5",
     },
 }
-PHASES = ("cold", "second", "release", "parallel")
+PHASES = ("cold", "second", "release", "backup", "parallel")
 
 
 # --- test hosts -----------------------------------------------------------------------------------
@@ -251,6 +254,15 @@ def release(repeat: int, inventory: Path, wrk: int) -> None:
                 record("release", kind, profile, figures)
 
 
+def backup(inventory: Path, size_mb: int) -> None:
+    log(f"backup and restore of a database grown by {size_mb} MB")
+    figures = bench_backup.measure("berth-bench-1", size_mb, inventory, project="app", extra=tuple(site_vars()))
+    database = {"database_mib": round(figures["database_bytes"] / 2**20), "rows": figures["rows"]}
+    record("backup", "backup-now.yml", "berth", {"seconds": figures["backup_now_playbook_seconds"], **database})
+    record("backup", "restore.yml", "berth", {"seconds": figures["restore_playbook_seconds"], **database})
+    record("backup", "details", "berth", figures)
+
+
 def parallel(count: int, keep: bool) -> None:
     names = [f"berth-bench-p{i}" for i in range(1, count + 1)]
     for profile in ("berth", "mitogen"):
@@ -290,7 +302,10 @@ def table() -> str:
     ]
     for measures in RESULTS.values():
         rows += [
-            row(measure, profile, runs) for measure, profiles in measures.items() for profile, runs in profiles.items()
+            row(measure, profile, runs)
+            for measure, profiles in measures.items()
+            if measure != "details"  # the backup phase's full record: in bench.json only
+            for profile, runs in profiles.items()
         ]
     return "\n".join(rows)
 
@@ -312,6 +327,7 @@ def main() -> None:
     parser.add_argument("--cold-repeat", type=int, default=1, help="repetitions of cold (a new host each)")
     parser.add_argument("--hosts", type=int, default=5, help="hosts of the parallel phase")
     parser.add_argument("--wrk", type=int, default=0, help="also run wrk with this many connections in release")
+    parser.add_argument("--backup-mb", type=int, default=100, help="MB added to the database of the backup phase")
     parser.add_argument("--keep", action="store_true", help="leave the bench hosts running")
     args = parser.parse_args()
     only = [p for p in args.only.split(",") if p]
@@ -323,12 +339,14 @@ def main() -> None:
     started = time.monotonic()
     if "cold" in only:
         cold(args.cold_repeat)
-    if {"second", "release"} & set(only):
+    if {"second", "release", "backup"} & set(only):
         inventory = converged()
         if "second" in only:
             second(args.repeat, inventory)
         if "release" in only:
             release(args.repeat, inventory, args.wrk)
+        if "backup" in only:
+            backup(inventory, args.backup_mb)
         if not args.keep:
             destroy(["berth-bench-1"])
     if "parallel" in only:

@@ -50,8 +50,8 @@ def sh(host: str, command: str, timeout: float = 3600) -> str:
     return proc.stdout.strip()
 
 
-def psql(host: str, sql: str) -> str:
-    pg = sh(host, f"docker compose -p {PROJECT} ps -q postgres")
+def psql(host: str, sql: str, project: str = PROJECT) -> str:
+    pg = sh(host, f"docker compose -p {project} ps -q postgres")
     return sh(host, f"docker exec {pg} psql -U app -d app -At -v ON_ERROR_STOP=1 -c {shlex.quote(sql)}")
 
 
@@ -66,6 +66,7 @@ def inventory(host: str, directory: Path) -> Path:
 
 
 def playbook(inventory_file: Path, name: str, *extra: str) -> float:
+    """Run a playbook of playbooks/ against the inventory; return its wall time in seconds."""
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
@@ -75,7 +76,10 @@ def playbook(inventory_file: Path, name: str, *extra: str) -> float:
     started = time.monotonic()
     proc = subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_file), str(ROOT / "playbooks" / name), *extra],
-        capture_output=True, text=True, env=env, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     seconds = time.monotonic() - started
     if proc.returncode != 0:
@@ -87,49 +91,54 @@ def record(host: str, kind: str) -> dict[str, Any]:
     return json.loads(sh(host, f"cat /var/lib/berth/backup/last-{kind}.json"))
 
 
-def fill(host: str, size_mb: int) -> dict[str, Any]:
+def fill(host: str, size_mb: int, project: str = PROJECT) -> dict[str, Any]:
     rows = size_mb * 1024 * 1024 // ROW_BYTES
     started = time.monotonic()
-    psql(host, "DROP TABLE IF EXISTS bench_rows")
+    psql(host, "DROP TABLE IF EXISTS bench_rows", project)
     psql(
         host,
         "CREATE TABLE bench_rows AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text)"
         " || md5((g * 31)::text) AS payload, random() AS n, now() - g * interval '1 second' AS at"
         f" FROM generate_series(1, {rows}) AS g",
+        project,
     )
-    psql(host, "ALTER TABLE bench_rows ADD PRIMARY KEY (id)")
+    psql(host, "ALTER TABLE bench_rows ADD PRIMARY KEY (id)", project)
     return {
-        "rows": int(psql(host, "SELECT count(*) FROM bench_rows")),
-        "checksum": psql(host, "SELECT sum(hashtextextended(b::text, 0)) FROM bench_rows b"),
-        "database_bytes": int(psql(host, "SELECT pg_database_size('app')")),
+        "rows": int(psql(host, "SELECT count(*) FROM bench_rows", project)),
+        "checksum": psql(host, "SELECT sum(hashtextextended(b::text, 0)) FROM bench_rows b", project),
+        "database_bytes": int(psql(host, "SELECT pg_database_size('app')", project)),
         "fill_seconds": round(time.monotonic() - started, 1),
     }
 
 
-def destroy_database(host: str) -> None:
+def destroy_database(host: str, project: str = PROJECT) -> None:
     sh(
         host,
-        f"cd /opt/{PROJECT} && docker compose stop postgres && docker compose rm -f postgres"
-        f" && docker volume rm {PROJECT}_postgres-data",
+        f"cd /opt/{project} && docker compose stop postgres && docker compose rm -f postgres"
+        f" && docker volume rm {project}_postgres-data",
     )
 
 
-def measure(host: str, size_mb: int) -> dict[str, Any]:
+def measure(
+    host: str, size_mb: int, inv: Path | None = None, project: str = PROJECT, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Fill, back up, destroy, restore and compare. Without `inv`, the backup scenario's host and
+    variables; scripts/bench.py passes its own inventory, stack name and extra variables."""
     with tempfile.TemporaryDirectory() as tmp:
-        inv = inventory(host, Path(tmp))
-        data = fill(host, size_mb)
-        backup_wall = playbook(inv, "backup-now.yml")
+        inv = inv or inventory(host, Path(tmp))
+        data = fill(host, size_mb, project)
+        backup_wall = playbook(inv, "backup-now.yml", *extra)
         backup, test = record(host, "backup"), record(host, "restore-test")
-        destroy_database(host)
-        restore_wall = playbook(inv, "restore.yml", "-e", f"backup_restore_confirm={host}")
+        destroy_database(host, project)
+        restore_wall = playbook(inv, "restore.yml", "-e", f"backup_restore_confirm={host}", *extra)
         restored = record(host, "restore")
         back = {
-            "rows": int(psql(host, "SELECT count(*) FROM bench_rows")),
-            "checksum": psql(host, "SELECT sum(hashtextextended(b::text, 0)) FROM bench_rows b"),
+            "rows": int(psql(host, "SELECT count(*) FROM bench_rows", project)),
+            "checksum": psql(host, "SELECT sum(hashtextextended(b::text, 0)) FROM bench_rows b", project),
         }
         if (back["rows"], back["checksum"]) != (data["rows"], data["checksum"]):
             sys.exit(f"bench: the restored table differs: {back} != {data}")
-        psql(host, "DROP TABLE bench_rows")
+        psql(host, "DROP TABLE bench_rows", project)
     files = backup["contents"]["files"]
     repos = backup["repositories"]
     return {
@@ -159,13 +168,19 @@ def main() -> int:
     figures = measure(args.host, args.size_mb)
     mib = 1024 * 1024
     print(f"database {figures['database_bytes'] / mib:.0f} MiB ({figures['rows']} rows in the bench table)")
-    print(f"dump (pg_dump -Fc -Z0) {figures['dump_bytes'] / mib:.0f} MiB; stored per repository (deduplicated, "
-          f"compressed): " + ", ".join(f"{k} {v / mib:.0f} MiB" for k, v in figures["added_packed_bytes"].items()))
+    print(
+        f"dump (pg_dump -Fc -Z0) {figures['dump_bytes'] / mib:.0f} MiB; stored per repository (deduplicated, "
+        f"compressed): " + ", ".join(f"{k} {v / mib:.0f} MiB" for k, v in figures["added_packed_bytes"].items())
+    )
     f = figures
-    print(f"backup run {f['backup_run_seconds']:.0f} s (pg_dump {f['pg_dump_seconds']:.0f} s); restore test "
-          f"{f['restore_test_seconds']:.0f} s; backup-now.yml {f['backup_now_playbook_seconds']:.0f} s")
-    print(f"restore run {f['restore_run_seconds']:.0f} s (database {f['restore_database_seconds']:.0f} s); "
-          f"restore.yml {f['restore_playbook_seconds']:.0f} s")
+    print(
+        f"backup run {f['backup_run_seconds']:.0f} s (pg_dump {f['pg_dump_seconds']:.0f} s); restore test "
+        f"{f['restore_test_seconds']:.0f} s; backup-now.yml {f['backup_now_playbook_seconds']:.0f} s"
+    )
+    print(
+        f"restore run {f['restore_run_seconds']:.0f} s (database {f['restore_database_seconds']:.0f} s); "
+        f"restore.yml {f['restore_playbook_seconds']:.0f} s"
+    )
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

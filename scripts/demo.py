@@ -68,6 +68,7 @@ def playbook(path: str, *extra: str) -> None:
 
 
 def up() -> None:
+    began = time.monotonic()
     run([sys.executable, str(ROOT / "scripts" / "setup.py"), "--engine"])
     run([sys.executable, str(ROOT / "scripts" / "images.py"), "trixie", "kit"])
     log(f"demo host {HOST}")
@@ -84,6 +85,7 @@ def up() -> None:
     # The first release: records v1 (which the stack started) as the live release; changes nothing later.
     log("first release")
     playbook("playbooks/deploy.yml", "-i", "inventories/local", "-e", "app_version=v1")
+    log(f"demo up took {time.monotonic() - began:.0f} s in all")
     root = DEMO / "pebble-root.pem"
     root.write_text(output(["docker", "exec", HOST, "curl", "-sk", "https://127.0.0.1:15000/roots/0"]) + "\n")
     print(f"""
@@ -101,6 +103,7 @@ The demo host {HOST} is provisioned: nginx serves the app over HTTPS with a cert
   restore:            .venv/bin/ansible-playbook playbooks/restore.yml -i inventories/local {" ".join(extra[:2])} \\
                         -e backup_restore_confirm={HOST}
   tear it down:       scripts/demo.py down   (removes the host, its volumes and network)
+  faster runs:        put ANSIBLE_STRATEGY=mitogen_linear before a command (Mitogen, docs/performance.md)
 """)
 
 

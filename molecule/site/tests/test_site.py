@@ -8,6 +8,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,9 @@ SITE = "shop.test"
 # app's colours, metrics, Pebble).
 PORTS = "1-1024,2375,2376,3000,5432,6379,8000,8001,8002,9090,9100,14000,15000"
 
-ADMIN_KEY = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "admin_ed25519"
+EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+ADMIN_KEY = EPHEMERAL / "admin_ed25519"
+PROJECT = Path(__file__).resolve().parents[3]
 
 testinfra_hosts = [PROBE]
 
@@ -113,10 +117,15 @@ def test_the_first_release_is_recorded(target):
     assert (state["live"]["version"], state["live"]["colour"]) == ("v1", "blue")
 
 
-def test_a_backup_is_produced_and_listed_by_restic(target):
+@pytest.fixture(scope="module")
+def backup_run(target) -> None:
+    """One backup run, as cron starts it (the tests must not wait for the schedule)."""
+    target.check_output("/usr/local/sbin/berth-backup run")
+
+
+def test_a_backup_is_produced_and_listed_by_restic(target, backup_run):
     cron = target.file("/etc/cron.d/berth-backup")
     assert cron.exists and "berth-backup" in cron.content_string
-    target.check_output("/usr/local/sbin/berth-backup run")
     snapshots = json.loads(
         target.check_output(
             "RESTIC_PASSWORD_FILE=/etc/berth/backup/password restic -r /var/backups/berth/restic snapshots --json"
@@ -125,7 +134,7 @@ def test_a_backup_is_produced_and_listed_by_restic(target):
     assert len(snapshots) >= 1
 
 
-def test_the_monitoring_server_scrapes_the_metrics(host, address, target):
+def test_the_monitoring_server_scrapes_the_metrics(host, address, backup_run):
     metrics = host.check_output(f"curl -sS --fail http://{address}:9100/metrics")
     assert 'berth_release_info{app="shop",colour="blue",version="v1"} 1' in metrics
     assert re.search(r'berth_backup_last_run_success\{repository="[^"]+"\} 1', metrics)
@@ -136,3 +145,47 @@ def test_the_monitoring_server_scrapes_the_metrics(host, address, target):
 def test_metrics_are_closed_to_everybody_else(host, address, stranger):
     refused = host.run(f"curl -sS --max-time 5 --interface {stranger} http://{address}:9100/metrics")
     assert refused.rc != 0
+
+
+@pytest.fixture(scope="module")
+def ci_inventory(tmp_path_factory, address) -> Path:
+    """The site host as a CI job reaches it: over SSH as the admin, with the scenario's settings."""
+    inventory = tmp_path_factory.mktemp("ci-inventory")
+    host = {"ansible_connection": "ssh", "ansible_host": address}
+    (inventory / "hosts.yml").write_text(json.dumps({"all": {"children": {"berth": {"hosts": {"berth-site": host}}}}}))
+    (inventory / "group_vars").symlink_to(Path(INVENTORY).parent / "group_vars")
+    return inventory
+
+
+SECRET = "v9-secret-7731"
+
+
+def ci_run(inventory: Path, artifacts: Path, playbook: str, *extra: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, str(PROJECT / "scripts" / "ci_run.py"), playbook, "-i", str(inventory)]
+    argv += ["--artifacts", str(artifacts), "--secret-env", "BERTH_CI_TEST_TOKEN", *extra]
+    env = dict(os.environ, BERTH_CI_TEST_TOKEN=SECRET)
+    return subprocess.run(argv, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
+def test_ci_entry_runs_a_deploy_for_real(ci_inventory, tmp_path):
+    # scripts/ci_run.py through ansible-runner: deploy.yml of the live version (a real run that finds
+    # nothing to switch), with progress lines, a summary and JUnit XML.
+    done = ci_run(ci_inventory, tmp_path, "playbooks/deploy.yml", "-e", "app_version=v1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "berth-site" in done.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["exit_code"], summary["failures"]) == ("successful", 0, [])
+    assert summary["hosts"]["berth-site"]["ok"] > 5
+    suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and int(suite.get("tests")) > 5 and suite.get("failures") == "0"
+
+
+def test_ci_entry_fails_a_bad_rollback_and_masks_the_secret(ci_inventory, tmp_path):
+    # The version asked for is the secret: the role's failure message names it, ci_run must mask it.
+    done = ci_run(ci_inventory, tmp_path, "playbooks/rollback.yml", "-e", f"app_version={SECRET}")
+    assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "******** is not a retained release" in summary["failures"][0]["message"]
+    written = done.stdout + done.stderr + "".join(p.read_text() for p in tmp_path.iterdir())
+    assert SECRET not in written
+    assert "******** is not a retained release" in done.stdout
