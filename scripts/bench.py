@@ -63,6 +63,8 @@ PROFILES: dict[str, dict[str, str]] = {
         "ANSIBLE_FORKS": "5",
     },
 }
+# The profiles measured (--profiles); the host of the second and release phases is converged with "berth".
+SELECTED = list(PROFILES)
 PHASES = ("cold", "second", "release", "backup", "parallel")
 
 
@@ -199,7 +201,7 @@ def record(phase: str, measure: str, profile: str, figures: dict) -> None:
 
 def cold(repeat: int) -> None:
     for i in range(repeat):
-        for profile in PROFILES:
+        for profile in SELECTED:
             name = f"berth-bench-cold-{profile}"
             inventory = create([name])
             log(f"cold site.yml ({profile}, {i + 1}/{repeat})")
@@ -219,7 +221,7 @@ def converged() -> Path:
 
 def second(repeat: int, inventory: Path) -> None:
     for i in range(repeat):
-        for profile in PROFILES:
+        for profile in SELECTED:
             log(f"second site.yml ({profile}, {i + 1}/{repeat})")
             record("second", "second site.yml", profile, ansible(profile, inventory, "site.yml"))
 
@@ -231,7 +233,7 @@ def release(repeat: int, inventory: Path, wrk: int) -> None:
     host = LoadedHost("berth-bench-1", SITE, str(inventory / "hosts.yml"), wrk_connections=wrk)
     host.install_client()
     for i in range(repeat):
-        for profile in PROFILES:
+        for profile in SELECTED:
             tag = f"bench-{profile}-{i}"
             host.docker("docker", "tag", "berth-demo-app:v2", f"berth-demo-app:{tag}")
             for kind, playbook, extra, version in (
@@ -265,7 +267,7 @@ def backup(inventory: Path, size_mb: int) -> None:
 
 def parallel(count: int, keep: bool) -> None:
     names = [f"berth-bench-p{i}" for i in range(1, count + 1)]
-    for profile in ("berth", "mitogen"):
+    for profile in [p for p in ("berth", "mitogen") if p in SELECTED]:
         for group in ([names[0]], names):
             inventory = create(group)
             log(f"site.yml on {len(group)} host(s) at once ({profile})")
@@ -327,12 +329,14 @@ def main() -> None:
     parser.add_argument("--cold-repeat", type=int, default=1, help="repetitions of cold (a new host each)")
     parser.add_argument("--hosts", type=int, default=5, help="hosts of the parallel phase")
     parser.add_argument("--wrk", type=int, default=0, help="also run wrk with this many connections in release")
+    parser.add_argument("--profiles", default=",".join(PROFILES), help="comma-separated profiles to measure")
     parser.add_argument("--backup-mb", type=int, default=100, help="MB added to the database of the backup phase")
     parser.add_argument("--keep", action="store_true", help="leave the bench hosts running")
     args = parser.parse_args()
     only = [p for p in args.only.split(",") if p]
     if unknown := set(only) - set(PHASES):
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    SELECTED[:] = [p for p in PROFILES if p in args.profiles.split(",")]
     run([sys.executable, str(ROOT / "scripts" / "setup.py"), "--engine"])
     run([sys.executable, str(ROOT / "scripts" / "images.py"), "trixie", "kit"])
     demo.admin_key()
