@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -101,6 +102,9 @@ def playbook_quiet(path: str, *extra: str) -> None:
 def create(names: list[str]) -> Path:
     """Fresh hosts with what a test host needs (inner engine drop-in, Pebble) and the load tools."""
     destroy(names)
+    # A new host gets a new address: facts cached for an earlier host of the same name would send the
+    # lockout guard to the old one.
+    shutil.rmtree(ROOT / ".cache" / "facts", ignore_errors=True)
     playbook_quiet("molecule/shared/create.yml", "-e", platforms(names))
     inventory = write_inventory(names)
     playbook_quiet("molecule/shared/inner-docker.yml", "-i", str(inventory))
