@@ -102,7 +102,9 @@ def env_images(text: str) -> dict[str, str]:
 
 def containers(module: AnsibleModule, project: str) -> dict[str, dict[str, str]]:
     """The project's app-blue / app-green containers, from docker ps + docker inspect."""
-    docker = module.get_bin_path("docker", required=True)
+    docker = module.get_bin_path("docker")
+    if docker is None:  # no engine yet (check mode on a fresh host): no containers
+        return {}
     label = f"label=com.docker.compose.project={project}"
     rc, out, err = module.run_command([docker, "ps", "--all", "--quiet", "--no-trunc", "--filter", label])
     if rc != 0:
