@@ -24,9 +24,10 @@ Phases:
                database volume restored; every row compared), berth's profile (scripts/bench_backup.py)
     parallel   site.yml on N fresh hosts at once versus one (berth and mitogen profiles)
 
-Prints each figure as it is measured, then a table (median / min / max, tasks, changed, slowest
-tasks); artifacts/bench.json holds every figure so far (written after each one, so a failed phase
-keeps what came before).
+Prints each figure as it is measured, then a table (median / min / max, tasks, changed, the CPU
+seconds each run cost in the test hosts and on the whole machine, slowest tasks) and, for the parallel
+phase, the least time the machine's cores allow (the hosts share them); artifacts/bench.json holds
+every figure so far (written after each one, so a failed phase keeps what came before).
 The hosts are removed at the end (--keep leaves them).
 """
 
@@ -46,7 +47,7 @@ from pathlib import Path
 import bench_backup
 import demo
 import images
-from _lib import ROOT, VENV_BIN, log, run, venv_env
+from _lib import ROOT, VENV_BIN, log, output, run, venv_env
 
 sys.path.insert(0, str(ROOT / "tests" / "load"))
 from release_phases import LoadedHost
@@ -128,6 +129,40 @@ def destroy(names: list[str]) -> None:
     playbook_quiet("molecule/shared/destroy.yml", "-e", platforms(names))
 
 
+# --- CPU time: the test hosts share this machine's cores ----------------------------------------
+
+
+def host_cpu(name: str) -> float | None:
+    """CPU seconds a test host has used (its processes, docker exec'd modules and nested containers).
+
+    Read from the container's cgroup: cgroup v1 (cpuacct.usage, ns) or v2 (cpu.stat usage_usec), with
+    the cgroupfs or the systemd driver. None when no such file is found.
+    """
+    cid = output(["docker", "inspect", "-f", "{{.Id}}", name])
+    if not cid:
+        return None
+    for v1 in (f"cpuacct/docker/{cid}", f"cpuacct/system.slice/docker-{cid}.scope"):
+        usage = Path("/sys/fs/cgroup") / v1 / "cpuacct.usage"
+        if usage.exists():
+            return int(usage.read_text()) / 1e9
+    for v2 in (f"docker/{cid}", f"system.slice/docker-{cid}.scope"):
+        stat = Path("/sys/fs/cgroup") / v2 / "cpu.stat"
+        if stat.exists():
+            return int(dict(line.split() for line in stat.read_text().splitlines())["usage_usec"]) / 1e6
+    return None
+
+
+def machine_cpu() -> float:
+    """CPU seconds this machine has been busy (all cores: controller, Docker engine and test hosts)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
+def cpu_snapshot(hosts: list[str]) -> tuple[float | None, float]:
+    used = [host_cpu(h) for h in hosts]
+    return (None if None in used else sum(u for u in used if u is not None)), machine_cpu()
+
+
 # --- running playbooks and reading what they did -------------------------------------------------
 
 
@@ -150,6 +185,8 @@ def ansible(profile: str, inventory: Path, playbook: str, *extra: str) -> dict:
     )
     if profile == "baseline":
         env["ANSIBLE_CACHE_PLUGIN_CONNECTION"] = ""
+    hosts = list(json.loads((inventory / "hosts.yml").read_text())["all"]["children"]["berth"]["hosts"])
+    hosts_before, machine_before = cpu_snapshot(hosts)
     start = time.monotonic()
     done = subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), playbook, *site_vars(), *extra],
@@ -160,6 +197,7 @@ def ansible(profile: str, inventory: Path, playbook: str, *extra: str) -> dict:
         check=False,
     )
     seconds = time.monotonic() - start
+    hosts_after, machine_after = cpu_snapshot(hosts)
     if done.returncode != 0:
         sys.exit(f"bench: {playbook} failed ({profile}):\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
     report = json.loads(done.stdout)
@@ -180,6 +218,10 @@ def ansible(profile: str, inventory: Path, playbook: str, *extra: str) -> dict:
         "changed": sum(s.get("changed", 0) for s in stats.values()),
         "ok": sum(s.get("ok", 0) for s in stats.values()),
         "slowest": [[name, round(t, 2)] for name, t in slowest],
+        # CPU seconds the run cost: in the test hosts, and on the whole machine (hosts, controller and
+        # Docker engine). -1 when a host's cgroup could not be read.
+        "host_cpu": -1 if hosts_before is None or hosts_after is None else round(hosts_after - hosts_before, 1),
+        "machine_cpu": round(machine_after - machine_before, 1),
     }
 
 
@@ -297,14 +339,17 @@ def row(measure: str, profile: str, runs: list[dict]) -> str:
     switched = spread(runs, "switched") if "switched" in first else ""
     changed = "/".join(str(r["changed"]) for r in runs) if "changed" in first else ""
     requests = f"{sum(r['sent'] for r in runs)} / {sum(r['failed'] for r in runs)}" if "sent" in first else ""
-    cells = [measure, profile, len(runs), spread(runs, "seconds"), switched, first.get("tasks", ""), changed, requests]
+    cpu = f"{spread(runs, 'host_cpu')} / {spread(runs, 'machine_cpu')}" if "machine_cpu" in first else ""
+    tasks = first.get("tasks", "")
+    cells = [measure, profile, len(runs), spread(runs, "seconds"), switched, tasks, changed, requests, cpu]
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 def table() -> str:
     rows = [
-        "| measure | profile | runs | seconds: median (min-max) | switched (s) | tasks | changed | sent / failed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| measure | profile | runs | seconds: median (min-max) | switched (s) | tasks | changed | sent / failed "
+        "| CPU s: hosts / machine |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for measures in RESULTS.values():
         rows += [
@@ -314,6 +359,36 @@ def table() -> str:
             for profile, runs in profiles.items()
         ]
     return "\n".join(rows)
+
+
+def parallel_summary() -> str:
+    """N hosts against one: the ratio, and the least the N-host run could take on this machine's cores.
+
+    The test hosts share the controller's cores, so the N-host run cannot be shorter than the CPU
+    seconds it used divided by the cores; nor than N times the one-host run's CPU seconds divided by
+    the cores. On real VPSes each host brings its own CPU and only the controller's share remains.
+    """
+    lines = []
+    cores = os.cpu_count() or 1
+    measures = RESULTS.get("parallel", {})
+    for profile in PROFILES:
+        one = measures.get("1 host(s) at once", {}).get(profile)
+        many = [(m, runs[profile]) for m, runs in measures.items() if not m.startswith("1 ") and profile in runs]
+        if not one or not many:
+            continue
+        measure, runs = many[0]
+        count = int(measure.split()[0])
+        t1 = statistics.median(r["seconds"] for r in one)
+        tn = statistics.median(r["seconds"] for r in runs)
+        c1 = statistics.median(r["machine_cpu"] for r in one)
+        cn = statistics.median(r["machine_cpu"] for r in runs)
+        lines.append(
+            f"- {profile}: 1 host {t1:.1f} s ({c1:.0f} CPU s), {count} hosts {tn:.1f} s ({cn:.0f} CPU s): "
+            f"{tn / t1:.2f}x. On {cores} cores the {count}-host run needs at least {cn / cores:.0f} s "
+            f"({cn / cores / t1:.2f}x) for the CPU it used, and {count} x {c1:.0f} / {cores} = "
+            f"{count * c1 / cores:.0f} s ({count * c1 / cores / t1:.2f}x) for {count} times one host's."
+        )
+    return "\n".join(lines)
 
 
 def slowest() -> str:
@@ -360,6 +435,8 @@ def main() -> None:
     if "parallel" in only:
         parallel(args.hosts, keep=args.keep)
     print(f"\n{table()}\n\nSlowest tasks (last run):\n{slowest()}\n")
+    if summary := parallel_summary():
+        print(f"Parallel hosts against the machine's cores:\n{summary}\n")
     log(f"bench took {time.monotonic() - started:.0f} s; figures in {OUT.relative_to(ROOT)}")
 
 

@@ -19,7 +19,21 @@ def test_addresses_and_networks_pass(value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["monitoring.example.com", "10.0.0.0/33", "300.1.1.1", "10.0.0.1 ", "", "2001:db8::/129", None, 10]
+    "value",
+    [
+        "monitoring.example.com",
+        "10.0.0.0/33",
+        "300.1.1.1",
+        "10.0.0.1 ",
+        "",
+        "2001:db8::/129",
+        "10.0.0.0/255.0.0.0",
+        "10.0.0.0/0.0.0.255",
+        "fe80::1%eth0",
+        "10.0.0.0/",
+        None,
+        10,
+    ],
 )
 def test_names_and_malformed_values_fail(value: object) -> None:
     assert not ip_network.ip_network(value)
