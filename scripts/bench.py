@@ -133,10 +133,12 @@ def destroy(names: list[str]) -> None:
 
 
 def host_cpu(name: str) -> float | None:
-    """CPU seconds a test host has used (its processes, docker exec'd modules and nested containers).
+    """CPU seconds a test host has used: its services, the modules Ansible runs in it, its inner engine.
 
     Read from the container's cgroup: cgroup v1 (cpuacct.usage, ns) or v2 (cpu.stat usage_usec), with
-    the cgroupfs or the systemd driver. None when no such file is found.
+    the cgroupfs or the systemd driver. None when no such file is found. The containers the host's own
+    engine runs (the app, PostgreSQL, Redis) are not in it: sharing the machine's cgroup namespace,
+    they get cgroups of their own next to the host's. machine_cpu() counts them.
     """
     cid = output(["docker", "inspect", "-f", "{{.Id}}", name])
     if not cid:
