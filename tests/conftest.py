@@ -13,17 +13,19 @@ ROLES = sorted(p for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir())
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def run_input_cases(playbook: str, cases: dict[str, dict], good: dict, out_dir: Path) -> tuple[dict[str, dict], str]:
-    """Run a role's input checks (tests/playbooks/<playbook>) in check mode on the controller, once per
-    case (good input with the case's changes); return each case's outcome and everything the run printed."""
+def run_input_cases(role: str, cases: dict[str, dict], good: dict, out_dir: Path) -> tuple[dict[str, dict], str]:
+    """Run a role's input checks (tests/playbooks/input_cases.yml with tasks/<role>_case.yml) in check mode
+    on the controller, once per case (good input with the case's changes); return each case's outcome and
+    everything the run printed."""
     out = out_dir / "outcomes.json"
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_CACHE_PLUGIN": "memory"}
     extra = {
         "cases": [{"name": name, "vars": good | change} for name, change in cases.items()],
         "out": str(out),
+        "input_role": role,
         "ansible_python_interpreter": sys.executable,
     }
-    playbook_path = ROOT / "tests" / "playbooks" / playbook
+    playbook_path = ROOT / "tests" / "playbooks" / "input_cases.yml"
     cmd = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "--check", "-i", "localhost,", str(playbook_path)]
     proc = subprocess.run([*cmd, "-e", json.dumps(extra)], capture_output=True, text=True, env=env, check=False)
     printed = proc.stdout + proc.stderr

@@ -58,7 +58,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, busy_port: int) -> dict[s
         "port held by another program": {"app_stack_green_port": busy_port},
         "bad env name": {"app_stack_app_env": {"BAD-NAME": "x"}},
     }
-    outcomes, printed = run_input_cases("app_stack_input.yml", spoilt, good, tmp_path_factory.mktemp("app_stack"))
+    outcomes, printed = run_input_cases("app_stack", spoilt, good, tmp_path_factory.mktemp("app_stack"))
     assert GOOD_PG not in printed
     assert GOOD_REDIS not in printed
     return outcomes

@@ -83,7 +83,7 @@ SPOILT = {
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    outcomes, printed = run_input_cases("backup_input.yml", SPOILT, GOOD, tmp_path_factory.mktemp("backup"))
+    outcomes, printed = run_input_cases("backup", SPOILT, GOOD, tmp_path_factory.mktemp("backup"))
     assert GOOD_PASSWORD not in printed
     assert "secret$value" not in printed
     assert not Path("/var/backups/berth-input-test").exists(), "the checks must not create anything"

@@ -42,7 +42,7 @@ SPOILT: dict[str, dict] = {
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    outcomes, _ = run_input_cases("hardening_input.yml", SPOILT, GOOD, tmp_path_factory.mktemp("hardening"))
+    outcomes, _ = run_input_cases("hardening", SPOILT, GOOD, tmp_path_factory.mktemp("hardening"))
     return outcomes
 
 
