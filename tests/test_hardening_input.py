@@ -1,4 +1,4 @@
-"""hardening refuses bad input before it changes anything (its tasks/assert.yml, run on the controller).
+"""hardening refuses bad input before it changes anything (its tasks/check_input.yml, run on the controller).
 
 Each case starts from valid input and spoils one thing; the valid input itself must pass, so a check
 that always fails cannot hide here.
@@ -61,7 +61,7 @@ def test_valid_input_passes(outcomes: dict[str, dict], case: str) -> None:
         ("extra tcp port 0", "Firewall ports must be 1-65535"),
         ("bad reboot time", "a time HH:MM"),
         ("source rule port 0", "needs a port 1-65535"),
-        ("source rule proto icmp", "proto tcp or udp"),
+        ("source rule proto icmp", "value of proto must be one of: tcp, udp"),
         ("source rule without sources", "at least one source"),
         ("host name as source", "invalid: monitoring.example.com"),
         ("netmask as prefix", "invalid: 10.0.0.0/255.0.0.0"),

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import example_inventory
 import jinja2
 import jinja2.defaults
 import pytest
@@ -39,6 +41,7 @@ PLUGINS = {HCLOUD: "hetzner.hcloud.hcloud", DIGITALOCEAN: "community.digitalocea
 # Options whose values the plugins evaluate as Jinja2 expressions (not {{ }} templates).
 EXPRESSION_OPTIONS = ("compose", "groups", "filters")
 FAKE_TOKEN = "berth-test-token-not-real"  # sent only to the local fake API
+FILL_FIXTURE = ROOT / "tests" / "fixtures" / "production-fill.yml"
 
 
 def load(path: Path) -> Any:
@@ -124,7 +127,6 @@ def test_static_inventory_variables(static: tuple[str, dict[str, Any]]) -> None:
     app = hostvars[host]
     assert app["ansible_host"] == address
     assert app["ansible_user"] == "{{ berth_ssh_user | default('deploy') }}"
-    assert app["common_timezone"] == "Etc/UTC"
     assert app["nginx_sites"][0]["domain"] == domain
     assert app["app_stack_app_image"] == "registry.example.com/team/app:1.0.0"
     assert app["app_stack_app_env"]["APP_ENV"] == name
@@ -142,18 +144,130 @@ def test_vault_example_is_not_loaded(name: str) -> None:
     inventory = inventory_list(env_dir(name))
     for hostvars in inventory["_meta"]["hostvars"].values():
         assert not [key for key in hostvars if key.startswith("vault_")]
-    # Only an encrypted vault.yml may sit in an inventory.
-    for vault in env_dir(name).rglob("vault.yml"):
-        assert vault.read_text().startswith("$ANSIBLE_VAULT;"), f"{vault} is not encrypted"
 
 
 @pytest.mark.parametrize("name", list(ENVIRONMENTS))
 def test_every_vault_reference_has_an_example(name: str) -> None:
+    # The settings in use take exactly the secrets the example names; the optional (commented) ones
+    # exactly those it names in comments.
     berth = env_dir(name) / "group_vars" / "berth"
     referenced = set(re.findall(r"\bvault_\w+", json.dumps(load(berth / "vars.yml"))))
     defined = set(load(berth / "vault.yml.example"))
     assert referenced, "vars.yml takes no secret from the vault"
     assert referenced == defined
+    optional = set(re.findall(r"^#.*\b(vault_\w+)", (berth / "vars.yml").read_text(), re.MULTILINE))
+    example = set(re.findall(r"^# (vault_\w+):", (berth / "vault.yml.example").read_text(), re.MULTILINE))
+    assert optional == example
+
+
+# Files the linters leave alone (.yamllint, .ansible-lint): Ansible Vault files, by their names.
+VAULT_NAMES = ("vault.yml", "vault.yaml", "*.vault.yml", "*.vault.yaml")
+
+
+def vault_files(root: Path) -> list[Path]:
+    found = {path for pattern in VAULT_NAMES for path in root.rglob(pattern)}
+    return sorted(p for p in found if not {".venv", ".cache", "collections", ".git"} & set(p.parts))
+
+
+def test_the_linters_skip_exactly_the_vault_names() -> None:
+    yamllint = load(ROOT / ".yamllint")["ignore"].split()
+    ansible_lint = load(ROOT / ".ansible-lint")["exclude_paths"]
+    assert set(VAULT_NAMES) <= set(yamllint)
+    assert {f"**/{name}" for name in VAULT_NAMES} <= set(ansible_lint)
+
+
+def test_files_with_a_vault_name_are_encrypted() -> None:
+    # The linters skip these names, so a plain-text file under one of them is caught here instead:
+    # it would be a secret in the clear, and YAML mistakes in it would go unseen.
+    for vault in vault_files(ROOT):
+        assert vault.read_text().startswith("$ANSIBLE_VAULT;"), f"{vault} is not encrypted"
+
+
+def test_an_encrypted_vault_file_passes_the_linters(tmp_path: Path) -> None:
+    # An inventory kept in the repository with its encrypted vault.yml, as the docs suggest.
+    inventory = tmp_path / "inventories" / "mine"
+    shutil.copytree(env_dir("production"), inventory)
+    for name in (".yamllint", ".ansible-lint"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    vault = inventory / "group_vars" / "berth" / "vault.yml"
+    shutil.copy(inventory / "group_vars" / "berth" / "vault.yml.example", vault)
+    password = tmp_path / "vault-password"
+    password.write_text("berth-test-vault-password\n")
+    encrypt = ansible("ansible-vault", "encrypt", "--vault-password-file", str(password), str(vault))
+    assert encrypt.returncode == 0, encrypt.stderr
+    password.unlink()
+    assert vault_files(tmp_path) == [vault]
+    yamllint = subprocess.run([str(BIN / "yamllint"), "--strict", "."], cwd=tmp_path, capture_output=True, text=True)
+    assert yamllint.returncode == 0, yamllint.stdout
+    lint = subprocess.run(
+        [str(BIN / "ansible-lint"), "--offline", "--profile", "production", "--strict", "inventories"],
+        cwd=tmp_path, env=ansible_env(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")), capture_output=True, text=True,
+    )  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    # ... while a real mistake elsewhere in the same inventory is still reported.
+    (inventory / "group_vars" / "berth" / "vars.yml").write_text("---\nkey: [unclosed\n")
+    broken = subprocess.run([str(BIN / "yamllint"), "--strict", "."], cwd=tmp_path, capture_output=True, text=True)
+    assert broken.returncode != 0 and "vars.yml" in broken.stdout
+
+
+# --- Filling the examples in, as a new user does (tests/example_inventory.py) ----------------------
+
+
+def fill_values(tmp_path: Path) -> dict[str, str]:
+    return {
+        "admin_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBerthTestKeyForTheFillTestXXXXXXXXXXXXXXXX t@t",
+        "app_address": "127.0.0.1",
+        "monitoring_address": "127.0.0.2",
+        "kit_archive": str(tmp_path / "kit.tar.gz"),
+        "admin_private_key": str(tmp_path / "key"),
+        "known_hosts": str(tmp_path / "known_hosts"),
+    }
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+def test_the_marked_lines_are_the_same_in_every_example(name: str) -> None:
+    production = [example_inventory.marked(env_dir("production") / f) for f in ("hosts.yml", example_inventory.VARS)]
+    other = [example_inventory.marked(env_dir(name) / f) for f in ("hosts.yml", example_inventory.VARS)]
+    assert [path[-1] for path in production[0]] == [path[-1] for path in other[0]]
+    assert production[1] == other[1]
+    assert production[1], "the example marks no setting as must-set"
+
+
+def test_the_fixture_fills_exactly_the_marked_lines(tmp_path: Path) -> None:
+    fixture = load(FILL_FIXTURE)
+    password = tmp_path / "vault-password"
+    password.write_text("berth-test-vault-password\n")
+    dest = tmp_path / "mine"
+    example_inventory.fill(env_dir("production"), dest, fixture, fill_values(tmp_path), password)
+    inventory = inventory_list(dest, ANSIBLE_VAULT_PASSWORD_FILE=str(password))
+    app = inventory["_meta"]["hostvars"]["app1.example.com"]
+    assert app["ansible_host"] == "127.0.0.1"
+    assert app["nginx_sites"] == [{"domain": "shop.test", "aliases": ["www.shop.test"]}]
+    assert app["app_stack_image_archives"] == [str(tmp_path / "kit.tar.gz")]
+    assert app["vault_backup_password"] == fixture["vault"]["vault_backup_password"]
+    assert (dest / "group_vars" / "berth" / "vault.yml").read_text().startswith("$ANSIBLE_VAULT;")
+    # Everything the example did not mark is as it was.
+    example = load(env_dir("production") / example_inventory.VARS)
+    filled = load(dest / example_inventory.VARS)
+    assert {k: v for k, v in filled.items() if k not in fixture["settings"]} == {
+        k: v for k, v in example.items() if k not in fixture["settings"]
+    }
+
+
+@pytest.mark.parametrize(
+    ("spoil", "says"),
+    [
+        (lambda f: f["settings"].pop("nginx_acme_email"), "marks ['nginx_acme_email'] but the fixture gives no value"),
+        (lambda f: f["settings"].update(common_timezone="UTC"), "fills ['common_timezone'], which"),
+        (lambda f: f["vault"].pop("vault_backup_password"), "marks ['vault_backup_password']"),
+        (lambda f: f["addresses"].pop("prometheus.example.com"), "marks ['prometheus.example.com']"),
+    ],
+)
+def test_a_fixture_that_misses_a_marked_line_is_refused(tmp_path: Path, spoil: Any, says: str) -> None:
+    fixture = load(FILL_FIXTURE)
+    spoil(fixture)
+    with pytest.raises(example_inventory.FillError, match=re.escape(says)):
+        example_inventory.fill(env_dir("production"), tmp_path / "mine", fixture, fill_values(tmp_path), tmp_path)
 
 
 @pytest.mark.parametrize("name", list(ENVIRONMENTS))

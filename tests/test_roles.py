@@ -1,4 +1,5 @@
-"""Conventions every role keeps (design.md): defaults and argument specs agree, templates are marked."""
+"""Conventions every role keeps (docs/design.md): defaults and argument specs agree, templates are marked,
+handlers are named "Restart <service>" / "Reload <service>" and every notify names one of them."""
 
 from __future__ import annotations
 
@@ -51,8 +52,36 @@ def test_templates_start_with_ansible_managed(role: Path) -> None:
 
 @pytest.mark.parametrize("role", [r for r in ROLES if (r / "handlers" / "main.yml").exists()], ids=lambda p: p.name)
 def test_handlers_are_named_by_convention(role: Path) -> None:
+    # "Restart ssh", "Reload nginx": a capital first word, so ansible-lint's name[casing] needs no noqa.
     for handler in load_list(role / "handlers" / "main.yml"):
-        assert handler["name"].split()[0] in {"restart", "reload"}, handler["name"]
+        first, _, rest = handler["name"].partition(" ")
+        assert first in {"Restart", "Reload"}, handler["name"]
+        assert rest and rest == rest.strip(), handler["name"]
+
+
+def notified(tasks: object) -> list[str]:
+    """Every handler name a task list notifies, blocks included."""
+    found: list[str] = []
+    if isinstance(tasks, list):
+        for task in tasks:
+            found += notified(task)
+    elif isinstance(tasks, dict):
+        notify = tasks.get("notify", [])
+        found += [notify] if isinstance(notify, str) else list(notify)
+        for key in ("block", "rescue", "always"):
+            found += notified(tasks.get(key))
+    return found
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_every_notify_names_a_handler_of_the_role(role: Path) -> None:
+    handlers: set[str] = set()
+    for handler in (h for path in (role / "handlers").glob("*.yml") for h in load_list(path)):
+        listen = handler.get("listen", [])
+        handlers |= {handler["name"], *([listen] if isinstance(listen, str) else listen)}
+    for path in sorted((role / "tasks").glob("*.yml")) + sorted((role / "handlers").glob("*.yml")):
+        for name in notified(load_list(path)):
+            assert name in handlers, f"{path.relative_to(role)} notifies {name!r}, which is no handler of {role.name}"
 
 
 def load_list(path: Path) -> list[dict]:
