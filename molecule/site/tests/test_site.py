@@ -1,5 +1,7 @@
-"""The whole host after site.yml and the first release, observed from the probe (another host on the
-network): as a visitor of the site, an attacker scanning ports, and the monitoring server."""
+"""The whole host after docs/first-hour.md's commands (site.yml and the first release) on the filled
+copy of inventories/production, observed from the probe (another host on the network): as a visitor of
+the site, an attacker scanning ports, and the monitoring server; then docs/first-hour.md's expected
+output checked against what the runs printed, and the CI entry run for real."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import testinfra
+import yaml
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 HOST, PROBE = "berth-site-trixie", "berth-site-probe"
@@ -24,6 +27,10 @@ PORTS = "1-1024,2375,2376,3000,5432,6379,8000,8001,8002,9090,9100,14000,15000"
 
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 ADMIN_KEY = EPHEMERAL / "admin_ed25519"
+# The user's inventory (prepare.yml filled it in) and its host; the admin of the production example.
+USER_INVENTORY = EPHEMERAL / "inventory"
+VAULT_PASSWORD = EPHEMERAL / "vault-password"
+APP_HOST, ADMIN = "app1.example.com", "deploy"
 PROJECT = Path(__file__).resolve().parents[3]
 
 testinfra_hosts = [PROBE]
@@ -77,12 +84,12 @@ def test_the_first_run_logged_in_as_root_and_went_on_as_the_admin(target, addres
     # sshd's log: the first converge came in as root, then (hardening proved the admin's key and
     # turned root logins off) the rest of that run and every later one as the admin.
     log = target.check_output("journalctl -u ssh --no-pager -o cat")
-    root, admin = log.find("Accepted publickey for root "), log.find("Accepted publickey for ops ")
+    root, admin = log.find("Accepted publickey for root "), log.find(f"Accepted publickey for {ADMIN} ")
     assert 0 <= root < admin, log[-3000:]
     refused = ssh("root", address)
     assert refused.returncode != 0
     assert "Permission denied" in refused.stderr
-    assert ssh("ops", address).stdout.strip() == "ops"
+    assert ssh(ADMIN, address).stdout.strip() == ADMIN
 
 
 def test_only_ssh_http_and_https_are_open_to_the_world(host, address, stranger):
@@ -136,7 +143,7 @@ def test_a_backup_is_produced_and_listed_by_restic(target, backup_run):
 
 def test_the_monitoring_server_scrapes_the_metrics(host, address, backup_run):
     metrics = host.check_output(f"curl -sS --fail http://{address}:9100/metrics")
-    assert 'berth_release_info{app="shop",colour="blue",version="v1"} 1' in metrics
+    assert 'berth_release_info{app="app",colour="blue",version="v1"} 1' in metrics
     assert re.search(r'berth_backup_last_run_success\{repository="[^"]+"\} 1', metrics)
     assert re.search(r'berth_tls_certificate_not_after_timestamp_seconds\{domain="shop.test"\} \d', metrics)
     assert "node_filesystem_avail_bytes" in metrics
@@ -147,45 +154,79 @@ def test_metrics_are_closed_to_everybody_else(host, address, stranger):
     assert refused.rc != 0
 
 
-@pytest.fixture(scope="module")
-def ci_inventory(tmp_path_factory, address) -> Path:
-    """The site host as a CI job reaches it: over SSH as the admin, with the scenario's settings."""
-    inventory = tmp_path_factory.mktemp("ci-inventory")
-    host = {"ansible_connection": "ssh", "ansible_host": address}
-    (inventory / "hosts.yml").write_text(json.dumps({"all": {"children": {"berth": {"hosts": {"berth-site": host}}}}}))
-    (inventory / "group_vars").symlink_to(Path(INVENTORY).parent / "group_vars")
-    return inventory
-
-
 SECRET = "v9-secret-7731"
 
 
-def ci_run(inventory: Path, artifacts: Path, playbook: str, *extra: str) -> subprocess.CompletedProcess:
-    argv = [sys.executable, str(PROJECT / "scripts" / "ci_run.py"), playbook, "-i", str(inventory)]
+def ci_run(artifacts: Path, playbook: str, *extra: str) -> subprocess.CompletedProcess:
+    """scripts/ci_run.py on the user's inventory, with the vault password as docs/ci.md passes it."""
+    argv = [sys.executable, str(PROJECT / "scripts" / "ci_run.py"), playbook, "-i", str(USER_INVENTORY)]
     argv += ["--artifacts", str(artifacts), "--secret-env", "BERTH_CI_TEST_TOKEN", *extra]
-    env = dict(os.environ, BERTH_CI_TEST_TOKEN=SECRET)
+    env = dict(os.environ, BERTH_CI_TEST_TOKEN=SECRET, ANSIBLE_VAULT_PASSWORD_FILE=str(VAULT_PASSWORD))
     return subprocess.run(argv, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
-def test_ci_entry_runs_a_deploy_for_real(ci_inventory, tmp_path):
+def test_ci_entry_runs_a_deploy_for_real(tmp_path):
     # scripts/ci_run.py through ansible-runner: deploy.yml of the live version (a real run that finds
     # nothing to switch), with progress lines, a summary and JUnit XML.
-    done = ci_run(ci_inventory, tmp_path, "playbooks/deploy.yml", "-e", "app_version=v1")
+    done = ci_run(tmp_path, "playbooks/deploy.yml", "-e", "app_version=v1")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "berth-site" in done.stdout
+    assert APP_HOST in done.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["status"], summary["exit_code"], summary["failures"]) == ("successful", 0, [])
-    assert summary["hosts"]["berth-site"]["ok"] > 5
+    assert summary["hosts"][APP_HOST]["ok"] > 5
     suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
     assert suite is not None and int(suite.get("tests")) > 5 and suite.get("failures") == "0"
 
 
-def test_ci_entry_fails_a_bad_rollback_and_masks_the_secret(ci_inventory, tmp_path):
+def test_ci_entry_fails_a_bad_rollback_and_masks_the_secret(tmp_path):
     # The version asked for is the secret: the role's failure message names it, ci_run must mask it.
-    done = ci_run(ci_inventory, tmp_path, "playbooks/rollback.yml", "-e", f"app_version={SECRET}")
+    done = ci_run(tmp_path, "playbooks/rollback.yml", "-e", f"app_version={SECRET}")
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "******** is not a retained release" in summary["failures"][0]["message"]
     written = done.stdout + done.stderr + "".join(p.read_text() for p in tmp_path.iterdir())
     assert SECRET not in written
     assert "******** is not a retained release" in done.stdout
+
+
+def expected_output() -> dict[str, list[str]]:
+    """docs/first-hour.md's "you see" blocks: {step: lines}; "…" stands for anything."""
+    text = (PROJECT / "docs" / "first-hour.md").read_text()
+    blocks = re.finditer(r"<!-- output: (\S+) -->\n```text\n(.*?)```", text, re.DOTALL)
+    return {match[1]: match[2].splitlines() for match in blocks}
+
+
+def shown(expected: str, printed: str) -> bool:
+    """Whether a line the document shows is the line printed (spacing aside; … for anything)."""
+    pattern = ".*?".join(re.escape(" ".join(part.split())) for part in expected.split("…"))
+    return re.fullmatch(pattern, " ".join(printed.split())) is not None
+
+
+@pytest.mark.parametrize("step", ["first-run", "release", "later-run"])
+def test_the_first_hour_shows_what_the_runs_printed(step):
+    # The graph block is checked by tests/test_docs.py (ansible-inventory on a filled copy).
+    assert set(expected_output()) == {"graph", "first-run", "release", "later-run"}
+    printed = (EPHEMERAL / "runs" / f"{step}-1.log").read_text().splitlines()
+    position = 0
+    for line in expected_output()[step]:
+        found = next((i for i in range(position, len(printed)) if shown(line, printed[i])), None)
+        assert found is not None, f"docs/first-hour.md shows {line!r}, not printed (in order) by {step}"
+        position = found + 1
+
+
+def test_the_first_hour_curl_answers(host, address, pebble_root):
+    # Step 9's command, with the test's resolution of the name and its CA (Pebble's).
+    status = host.check_output(
+        f"curl -sS -o /dev/null -w '%{{http_code}}\\n' --cacert {pebble_root} --resolve {SITE}:443:{address} "
+        f"https://{SITE}/healthz"
+    )
+    assert status == "200"
+
+
+def test_every_bad_setting_was_refused_on_the_fresh_host():
+    # bad_settings.yml (the side_effect before the first run): its report, case by case.
+    report = json.loads((EPHEMERAL / "bad-settings.json").read_text())
+    cases = yaml.safe_load((PROJECT / "tests" / "fixtures" / "bad-settings.yml").read_text())
+    assert len(report) == len(cases) >= 25
+    for case in report:
+        assert (case["returncode"], case["state"], case["problems"]) == (2, "unchanged", []), case

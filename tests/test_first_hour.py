@@ -1,0 +1,56 @@
+"""docs/first-hour.md stays true: it shows exactly the commands the whole-site scenario runs
+(molecule/site/run_example.py), the README's production path uses the same ones, and the inventory
+graph it shows is what ansible-inventory prints for a filled copy of the production example. (The
+output of the runs themselves is compared in molecule/site/tests/test_site.py.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import example_inventory
+import pytest
+import yaml
+from conftest import ROOT
+
+DOC = ROOT / "docs" / "first-hour.md"
+spec = importlib.util.spec_from_file_location("run_example", ROOT / "molecule" / "site" / "run_example.py")
+assert spec and spec.loader
+run_example = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run_example)
+
+
+def shown_output() -> dict[str, str]:
+    blocks = re.finditer(r"<!-- output: (\S+) -->\n```text\n(.*?)```", DOC.read_text(), re.DOTALL)
+    return {match[1]: match[2] for match in blocks}
+
+
+@pytest.mark.parametrize("step", list(run_example.COMMANDS))
+def test_the_walkthrough_shows_the_tested_commands(step: str) -> None:
+    assert run_example.doc_command(step) in DOC.read_text()
+
+
+@pytest.mark.parametrize("step", ["first-run", "later-run"])
+def test_the_readme_uses_the_same_commands(step: str) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert run_example.doc_command(step) in readme
+    assert "docs/first-hour.md" in readme
+
+
+def test_the_shown_graph_is_ansible_inventorys(tmp_path: Path) -> None:
+    fixture = yaml.safe_load((ROOT / "tests" / "fixtures" / "production-fill.yml").read_text())
+    values = {name: "x" for name in ("admin_private_key", "known_hosts", "kit_archive")}
+    values |= {"admin_public_key": "ssh-ed25519 AAAAC3x t@t", "app_address": "127.0.0.1"}
+    values |= {"monitoring_address": "192.0.2.20"}
+    password = tmp_path / "vault-password"
+    password.write_text("berth-first-hour\n")
+    example_inventory.fill(ROOT / "inventories" / "production", tmp_path / "mysite", fixture, values, password)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_VAULT_PASSWORD_FILE=str(password))
+    graph = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "ansible-inventory"), "-i", str(tmp_path / "mysite"), "--graph"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert graph == shown_output()["graph"]
