@@ -23,6 +23,9 @@ Phases:
     backup     backup-now.yml and restore.yml of a database grown by --backup-mb MB (a lost
                database volume restored; every row compared), berth's profile (scripts/bench_backup.py)
     parallel   site.yml on N fresh hosts at once versus one (berth and mitogen profiles)
+    preflight  site.yml with a bad setting in its first and in its last layer, on the production
+               example filled in as a user does and every host unreachable: command start to the
+               error (no host is needed; berth's profile)
 
 Prints each figure as it is measured, then a table (median / min / max, tasks, changed, the CPU
 seconds each run cost in the test hosts and on the whole machine, slowest tasks) and, for the parallel
@@ -47,9 +50,13 @@ from pathlib import Path
 import bench_backup
 import demo
 import images
+import yaml
 from _lib import ROOT, VENV_BIN, log, output, run, venv_env
 
 sys.path.insert(0, str(ROOT / "tests" / "load"))
+sys.path.insert(0, str(ROOT / "tests"))
+import bad_settings
+import example_inventory
 from release_phases import LoadedHost
 
 INVENTORY = ROOT / ".cache" / "bench-inventory"
@@ -67,7 +74,7 @@ PROFILES: dict[str, dict[str, str]] = {
 }
 # The profiles measured (--profiles); the host of the second and release phases is converged with "berth".
 SELECTED = list(PROFILES)
-PHASES = ("cold", "second", "release", "backup", "parallel")
+PHASES = ("cold", "second", "release", "backup", "parallel", "preflight")
 
 
 # --- test hosts -----------------------------------------------------------------------------------
@@ -324,6 +331,29 @@ def parallel(count: int, keep: bool) -> None:
                 destroy(group)
 
 
+def preflight(repeat: int) -> None:
+    first, last = bad_settings.LAYERS[0], bad_settings.LAYERS[-1]
+    cases = [c for c in bad_settings.load_cases() if not c.host and c.layer in (first, last)]
+    chosen = {"first layer": next(c for c in cases if c.layer == first), "last layer": cases[-1]}
+    fixture = yaml.safe_load((ROOT / "tests" / "fixtures" / "production-fill.yml").read_text())
+    work = ROOT / ".cache" / "bench-preflight"
+    work.mkdir(parents=True, exist_ok=True)
+    password = work / "vault-password"
+    password.write_text("berth-bench-preflight\n")
+    values = dict.fromkeys(("admin_private_key", "known_hosts", "kit_archive"), "/nonexistent")
+    values |= {"admin_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX b@b"}
+    values |= {"app_address": "127.0.0.1", "monitoring_address": "127.0.0.2"}
+    example_inventory.fill(ROOT / "inventories" / "production", work / "inventory", fixture, values, password)
+    unreachable = ["-e", "ansible_host=127.0.0.1", "-e", "ansible_port=1", "-e", "berth_ssh_user=root"]
+    for i in range(repeat):
+        for where, case in chosen.items():
+            log(f"preflight: a bad setting in the {where} ({case.name}), {i + 1}/{repeat}")
+            outcome = bad_settings.run(case, work / "inventory", password, unreachable)
+            if problems := bad_settings.problems(outcome):
+                sys.exit(f"bench: {case.name} was not refused as it should be: {problems}")
+            record("preflight", f"bad setting, {where} ({case.layer})", "berth", {"seconds": round(outcome.seconds, 2)})
+
+
 # --- report --------------------------------------------------------------------------------------
 
 
@@ -436,6 +466,8 @@ def main() -> None:
             destroy(["berth-bench-1"])
     if "parallel" in only:
         parallel(args.hosts, keep=args.keep)
+    if "preflight" in only:
+        preflight(args.repeat)
     print(f"\n{table()}\n\nSlowest tasks (last run):\n{slowest()}\n")
     if summary := parallel_summary():
         print(f"Parallel hosts against the machine's cores:\n{summary}\n")

@@ -28,7 +28,7 @@ PORTS = "1-1024,2375,2376,3000,5432,6379,8000,8001,8002,9090,9100,14000,15000"
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 ADMIN_KEY = EPHEMERAL / "admin_ed25519"
 # The user's inventory (prepare.yml filled it in) and its host; the admin of the production example.
-USER_INVENTORY = EPHEMERAL / "inventory"
+USER_INVENTORY = EPHEMERAL / "mysite"
 VAULT_PASSWORD = EPHEMERAL / "vault-password"
 APP_HOST, ADMIN = "app1.example.com", "deploy"
 PROJECT = Path(__file__).resolve().parents[3]
