@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROLES
+from conftest import ROLES, ROOT
 
 
 def load(path: Path) -> dict:
@@ -86,3 +86,29 @@ def test_every_notify_names_a_handler_of_the_role(role: Path) -> None:
 
 def load_list(path: Path) -> list[dict]:
     return yaml.safe_load(path.read_text()) or []
+
+
+# --- The preflight (playbooks/preflight.yml): every layer's checks before any change -------------
+
+LAYER_ROLES = [
+    play["roles"][0]["role"]
+    for name in ("base", "harden", "docker", "stack", "edge", "backup", "monitoring")
+    for play in load_list(ROOT / "playbooks" / "layers" / f"{name}.yml")
+]
+
+
+def test_the_preflight_checks_every_layer_in_order() -> None:
+    plays = load_list(ROOT / "playbooks" / "preflight.yml")
+    loops = [task["loop"] for play in plays for task in play["tasks"] for task in task.get("block", [task])]
+    assert loops and all(loop == LAYER_ROLES for loop in loops)
+    site = load_list(ROOT / "site.yml")
+    assert site[0]["ansible.builtin.import_playbook"] == "playbooks/preflight.yml"
+
+
+@pytest.mark.parametrize("role", LAYER_ROLES)
+def test_a_layer_role_has_check_entry_points_with_its_options(role: str) -> None:
+    # The same options as main (the file aliases them), so that the preflight validates the same way.
+    specs = load(ROOT / "roles" / role / "meta" / "argument_specs.yml")["argument_specs"]
+    for entry in ("check_input", "check_host"):
+        assert specs[entry]["options"] == specs["main"]["options"], f"{role}: {entry}"
+        assert (ROOT / "roles" / role / "tasks" / f"{entry}.yml").exists()
