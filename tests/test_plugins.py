@@ -41,3 +41,46 @@ def test_names_and_malformed_values_fail(value: object) -> None:
 
 def test_the_plugin_names_its_test() -> None:
     assert ip_network.TestModule().tests() == {"berth_ip_network": ip_network.ip_network}
+
+
+# --- berth_secret_problems (plugins/filter/secrets.py) --------------------------------------------
+
+secrets_spec = importlib.util.spec_from_file_location("secrets_filter", ROOT / "plugins" / "filter" / "secrets.py")
+assert secrets_spec and secrets_spec.loader
+secrets_filter = importlib.util.module_from_spec(secrets_spec)
+secrets_spec.loader.exec_module(secrets_filter)
+
+
+def problems(value: object, **rules: object) -> list[str]:
+    return secrets_filter.secret_problems({"my_password": value}, **rules)
+
+
+def test_a_good_secret_has_no_problem() -> None:
+    assert problems("Zx8-long-enough-secret", min_length=16, min_unique=8, forbidden="'") == []
+
+
+@pytest.mark.parametrize(
+    ("value", "rules", "says"),
+    [
+        ("", {"min_length": 16}, "my_password is empty"),
+        (None, {"min_length": 16}, "my_password is not set"),
+        ("Zx8-short", {"min_length": 16}, "my_password is shorter than 16 characters"),
+        ("abababababababababab", {"min_length": 16, "min_unique": 8}, "uses fewer than 8 different characters"),
+        ("it's-long-enough-1234", {"forbidden": "'"}, "my_password contains \"'\", which it may not"),
+        ("line\nbreak-long-enough", {}, "contains a control character"),
+        ({"a": 1}, {}, "must be a single value, not a dict"),
+    ],
+)
+def test_each_broken_rule_is_named_without_the_value(value: object, rules: dict, says: str) -> None:
+    found = problems(value, **rules)
+    assert any(says in message for message in found), found
+    if isinstance(value, str) and value:
+        assert all(value not in message for message in found)
+
+
+def test_names_take_a_prefix_and_numbers_are_text() -> None:
+    found = secrets_filter.secret_problems({"PORT": 8080, "KEY": "it's"}, prefix="app_env.", forbidden="'")
+    assert found == ["app_env.KEY contains \"'\", which it may not"]
+    assert secrets_filter.secret_problems(["not", "a", "mapping"], prefix="app_env.") == [
+        "app_env must be a mapping of names to values"
+    ]
