@@ -50,7 +50,6 @@ from pathlib import Path
 import bench_backup
 import demo
 import images
-import yaml
 from _lib import ROOT, VENV_BIN, log, output, run, venv_env
 
 sys.path.insert(0, str(ROOT / "tests" / "load"))
@@ -335,20 +334,12 @@ def preflight(repeat: int) -> None:
     first, last = bad_settings.LAYERS[0], bad_settings.LAYERS[-1]
     cases = [c for c in bad_settings.load_cases() if not c.host and c.layer in (first, last)]
     chosen = {"first layer": next(c for c in cases if c.layer == first), "last layer": cases[-1]}
-    fixture = yaml.safe_load((ROOT / "tests" / "fixtures" / "production-fill.yml").read_text())
-    work = ROOT / ".cache" / "bench-preflight"
-    work.mkdir(parents=True, exist_ok=True)
-    password = work / "vault-password"
-    password.write_text("berth-bench-preflight\n")
-    values = dict.fromkeys(("admin_private_key", "known_hosts", "kit_archive"), "/nonexistent")
-    values |= {"admin_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX b@b"}
-    values |= {"app_address": "127.0.0.1", "monitoring_address": "127.0.0.2"}
-    example_inventory.fill(ROOT / "inventories" / "production", work / "inventory", fixture, values, password)
+    inventory, password = example_inventory.fill_offline(ROOT / ".cache" / "bench-preflight")
     unreachable = ["-e", "ansible_host=127.0.0.1", "-e", "ansible_port=1", "-e", "berth_ssh_user=root"]
     for i in range(repeat):
         for where, case in chosen.items():
             log(f"preflight: a bad setting in the {where} ({case.name}), {i + 1}/{repeat}")
-            outcome = bad_settings.run(case, work / "inventory", password, unreachable)
+            outcome = bad_settings.run(case, inventory, password, unreachable)
             if problems := bad_settings.problems(outcome):
                 sys.exit(f"bench: {case.name} was not refused as it should be: {problems}")
             record("preflight", f"bad setting, {where} ({case.layer})", "berth", {"seconds": round(outcome.seconds, 2)})

@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "production-fill.yml"
 MARK = "# must set"
 VARS = Path("group_vars") / "berth" / "vars.yml"
 VAULT_EXAMPLE = Path("group_vars") / "berth" / "vault.yml.example"
@@ -144,6 +146,31 @@ def fill(example: Path, dest: Path, fixture: Mapping[str, Any], values: Mapping[
     host_vars.mkdir()
     for host in berth_hosts(dest / "hosts.yml"):
         _dump(host_vars / f"{host}.yml", fixture["environment"], "what this test machine lacks (see the fixture)")
+
+
+def offline_values(directory: Path) -> dict[str, str]:
+    """Placeholder values for a copy that reaches no host: loopback addresses (the callers make them
+    unreachable, -e ansible_port=1), a made-up admin key, files under `directory` that need not exist."""
+    return {
+        "admin_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBerthOfflineTestKeyXXXXXXXXXXXXXXXXXXXXXXXX t@t",
+        "app_address": "127.0.0.1",
+        "monitoring_address": "127.0.0.2",
+        "kit_archive": str(directory / "kit.tar.gz"),
+        "admin_private_key": str(directory / "admin_ed25519"),
+        "known_hosts": str(directory / "known_hosts"),
+    }
+
+
+def fill_offline(directory: Path) -> tuple[Path, Path]:
+    """inventories/production filled in from the fixture with offline_values(), under `directory`:
+    (the inventory, its vault password file)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    password = directory / "vault-password"
+    password.write_text("berth-offline-test-vault\n")
+    inventory = directory / "mysite"
+    fill(ROOT / "inventories" / "production", inventory, yaml.safe_load(FIXTURE.read_text()),
+         offline_values(directory), password)  # fmt: skip
+    return inventory, password
 
 
 def main() -> None:

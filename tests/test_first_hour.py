@@ -13,7 +13,6 @@ from pathlib import Path
 
 import example_inventory
 import pytest
-import yaml
 from conftest import ROOT
 
 DOC = ROOT / "docs" / "first-hour.md"
@@ -41,16 +40,10 @@ def test_the_readme_uses_the_same_commands(step: str) -> None:
 
 
 def test_the_shown_graph_is_ansible_inventorys(tmp_path: Path) -> None:
-    fixture = yaml.safe_load((ROOT / "tests" / "fixtures" / "production-fill.yml").read_text())
-    values = {name: "x" for name in ("admin_private_key", "known_hosts", "kit_archive")}
-    values |= {"admin_public_key": "ssh-ed25519 AAAAC3x t@t", "app_address": "127.0.0.1"}
-    values |= {"monitoring_address": "192.0.2.20"}
-    password = tmp_path / "vault-password"
-    password.write_text("berth-first-hour\n")
-    example_inventory.fill(ROOT / "inventories" / "production", tmp_path / "mysite", fixture, values, password)
+    inventory, password = example_inventory.fill_offline(tmp_path)
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_VAULT_PASSWORD_FILE=str(password))
     graph = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "ansible-inventory"), "-i", str(tmp_path / "mysite"), "--graph"],
+        [str(ROOT / ".venv" / "bin" / "ansible-inventory"), "-i", str(inventory), "--graph"],
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert graph == shown_output()["graph"]

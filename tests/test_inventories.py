@@ -41,7 +41,6 @@ PLUGINS = {HCLOUD: "hetzner.hcloud.hcloud", DIGITALOCEAN: "community.digitalocea
 # Options whose values the plugins evaluate as Jinja2 expressions (not {{ }} templates).
 EXPRESSION_OPTIONS = ("compose", "groups", "filters")
 FAKE_TOKEN = "berth-test-token-not-real"  # sent only to the local fake API
-FILL_FIXTURE = ROOT / "tests" / "fixtures" / "production-fill.yml"
 
 
 def load(path: Path) -> Any:
@@ -213,17 +212,6 @@ def test_an_encrypted_vault_file_passes_the_linters(tmp_path: Path) -> None:
 # --- Filling the examples in, as a new user does (tests/example_inventory.py) ----------------------
 
 
-def fill_values(tmp_path: Path) -> dict[str, str]:
-    return {
-        "admin_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBerthTestKeyForTheFillTestXXXXXXXXXXXXXXXX t@t",
-        "app_address": "127.0.0.1",
-        "monitoring_address": "127.0.0.2",
-        "kit_archive": str(tmp_path / "kit.tar.gz"),
-        "admin_private_key": str(tmp_path / "key"),
-        "known_hosts": str(tmp_path / "known_hosts"),
-    }
-
-
 @pytest.mark.parametrize("name", list(ENVIRONMENTS))
 def test_the_marked_lines_are_the_same_in_every_example(name: str) -> None:
     production = [example_inventory.marked(env_dir("production") / f) for f in ("hosts.yml", example_inventory.VARS)]
@@ -234,11 +222,11 @@ def test_the_marked_lines_are_the_same_in_every_example(name: str) -> None:
 
 
 def test_the_fixture_fills_exactly_the_marked_lines(tmp_path: Path) -> None:
-    fixture = load(FILL_FIXTURE)
+    fixture = load(example_inventory.FIXTURE)
     password = tmp_path / "vault-password"
     password.write_text("berth-test-vault-password\n")
     dest = tmp_path / "mine"
-    example_inventory.fill(env_dir("production"), dest, fixture, fill_values(tmp_path), password)
+    example_inventory.fill(env_dir("production"), dest, fixture, example_inventory.offline_values(tmp_path), password)
     inventory = inventory_list(dest, ANSIBLE_VAULT_PASSWORD_FILE=str(password))
     app = inventory["_meta"]["hostvars"]["app1.example.com"]
     assert app["ansible_host"] == "127.0.0.1"
@@ -264,10 +252,11 @@ def test_the_fixture_fills_exactly_the_marked_lines(tmp_path: Path) -> None:
     ],
 )
 def test_a_fixture_that_misses_a_marked_line_is_refused(tmp_path: Path, spoil: Any, says: str) -> None:
-    fixture = load(FILL_FIXTURE)
+    fixture = load(example_inventory.FIXTURE)
     spoil(fixture)
+    values = example_inventory.offline_values(tmp_path)
     with pytest.raises(example_inventory.FillError, match=re.escape(says)):
-        example_inventory.fill(env_dir("production"), tmp_path / "mine", fixture, fill_values(tmp_path), tmp_path)
+        example_inventory.fill(env_dir("production"), tmp_path / "mine", fixture, values, tmp_path)
 
 
 @pytest.mark.parametrize("name", list(ENVIRONMENTS))

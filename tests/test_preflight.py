@@ -17,29 +17,16 @@ import example_inventory
 import pytest
 import yaml
 from bad_settings import Case, Outcome
-from conftest import ROOT
 
 UNREACHABLE = ["-e", "ansible_host=127.0.0.1", "-e", "ansible_port=1", "-e", "berth_ssh_user=root"]
 INPUT_CASES = [case for case in bad_settings.load_cases() if not case.host]
-FIXTURE = yaml.safe_load((ROOT / "tests" / "fixtures" / "production-fill.yml").read_text())
+FIXTURE = yaml.safe_load(example_inventory.FIXTURE.read_text())
 
 
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A copy of inventories/production with every must-set line and secret filled in."""
-    base = tmp_path_factory.mktemp("preflight")
-    password = base / "vault-password"
-    password.write_text("berth-preflight-test\n")
-    values = {
-        "admin_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBerthPreflightTestKeyXXXXXXXXXXXXXXXXXXXXXX t@t",
-        "app_address": "127.0.0.1",
-        "monitoring_address": "127.0.0.2",
-        "kit_archive": str(base / "kit.tar.gz"),
-        "admin_private_key": str(base / "key"),
-        "known_hosts": str(base / "known_hosts"),
-    }
-    example_inventory.fill(ROOT / "inventories" / "production", base / "mine", FIXTURE, values, password)
-    return base / "mine", password
+    return example_inventory.fill_offline(tmp_path_factory.mktemp("preflight"))
 
 
 @pytest.fixture(scope="module")
