@@ -80,7 +80,7 @@ def test_valid_input_passes(outcomes: dict[str, dict]) -> None:
         ("upper-case image", "not a valid image reference"),
         ("image with spaces", "not a valid image reference"),
         ("untagged app image", "must name a tag or digest"),
-        ("colour ports clash", "distinct ports"),
+        ("colour ports clash", "must be two different ports"),
         ("port held by another program", "in use by another program"),
         ("bad env name", "BAD-NAME must be shell-style variable names"),
     ],

@@ -37,6 +37,7 @@ SPOILT: dict[str, dict] = {
     "IPv6 zone": rule(sources=["fe80::1%eth0"]),
     "quote in comment": rule(comment='say "hi"'),
     "comment too long": rule(comment="x" * 101),
+    "backslash in comment": rule(comment="a\\b"),
 }
 
 
@@ -55,20 +56,27 @@ def test_valid_input_passes(outcomes: dict[str, dict], case: str) -> None:
     ("case", "says"),
     [
         ("admin without a key", "would lock everybody out"),
-        ("admin named root", "lower-case user names other than root"),
-        ("upper-case admin name", "lower-case user names other than root"),
-        ("ssh port out of range", "hardening_ssh_port must be 1-65535 (got 70000)"),
-        ("extra tcp port 0", "Firewall ports must be 1-65535"),
-        ("bad reboot time", "a time HH:MM"),
-        ("source rule port 0", "needs a port 1-65535"),
+        ("admin named root", "hardening_admin_users must not include root"),
+        ("upper-case admin name", "must be a user name of lower-case letters"),
+        ("ssh port out of range", "hardening_ssh_port must be a port number 1-65535, e.g. 22 or 2222; got 70000"),
+        ("extra tcp port 0", "hardening_firewall_allowed_tcp_ports_extra must hold port numbers 1-65535"),
+        ("bad reboot time", "hardening_unattended_upgrades_reboot_time must be a time HH:MM (24-hour clock)"),
+        ("source rule port 0", "Each port in hardening_firewall_source_rules must be a port number 1-65535"),
         ("source rule proto icmp", "value of proto must be one of: tcp, udp"),
-        ("source rule without sources", "at least one source"),
-        ("host name as source", "invalid: monitoring.example.com"),
-        ("netmask as prefix", "invalid: 10.0.0.0/255.0.0.0"),
-        ("prefix too long", "invalid: 10.0.0.0/33"),
-        ("IPv6 zone", "invalid: fe80::1%eth0"),
+        (
+            "source rule without sources",
+            "needs at least one source, e.g. sources: [192.0.2.10]; got none for port 9100",
+        ),
+        (
+            "host name as source",
+            "(CIDR, no host names), e.g. 192.0.2.10, 10.0.0.0/8 or 2001:db8::/32; got monitoring.example.com",
+        ),
+        ("netmask as prefix", "got 10.0.0.0/255.0.0.0."),
+        ("prefix too long", "got 10.0.0.0/33."),
+        ("IPv6 zone", "got fe80::1%eth0."),
         ("quote in comment", "without quotes"),
         ("comment too long", "at most 100 characters"),
+        ("backslash in comment", "without quotes, backslashes or line breaks"),
     ],
 )
 def test_bad_input_fails_with_a_clear_message(outcomes: dict[str, dict], case: str, says: str) -> None:
