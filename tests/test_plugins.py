@@ -84,3 +84,41 @@ def test_names_take_a_prefix_and_numbers_are_text() -> None:
     assert secrets_filter.secret_problems(["not", "a", "mapping"], prefix="app_env.") == [
         "app_env must be a mapping of names to values"
     ]
+
+
+# --- berth_certs_to_request (plugins/filter/certificates.py) ---------------------------------------
+
+certs_spec = importlib.util.spec_from_file_location("certificates", ROOT / "plugins" / "filter" / "certificates.py")
+assert certs_spec and certs_spec.loader
+certificates = importlib.util.module_from_spec(certs_spec)
+certs_spec.loader.exec_module(certificates)
+
+SITES = [{"domain": "shop.test", "aliases": ["www.shop.test"]}, {"domain": "blog.test"}]
+
+
+def info(name: str, sans: list[str], key: str = "ECC") -> dict:
+    """A loop result of community.crypto.x509_certificate_info, as the role registers it."""
+    return {"item": name, "subject_alt_name": [f"DNS:{n}" for n in sans], "public_key_type": key}
+
+
+def test_certificates_that_match_their_sites_are_kept() -> None:
+    infos = [info("shop.test", ["www.shop.test", "shop.test"]), info("blog.test", ["blog.test"])]
+    assert certificates.certs_to_request(SITES, infos, "ecdsa") == []
+
+
+@pytest.mark.parametrize(
+    ("infos", "key_type", "wanted"),
+    [
+        ([], "ecdsa", ["shop.test", "blog.test"]),
+        ([info("shop.test", ["shop.test"]), info("blog.test", ["blog.test"])], "ecdsa", ["shop.test"]),
+        ([info("shop.test", ["shop.test", "www.shop.test", "old.test"]), info("blog.test", ["blog.test"])], "ecdsa",
+         ["shop.test"]),
+        ([info("shop.test", ["shop.test", "www.shop.test"]), info("blog.test", ["blog.test"], "RSA")], "ecdsa",
+         ["blog.test"]),
+        ([info("shop.test", ["shop.test", "www.shop.test"], "RSA"), info("blog.test", ["blog.test"], "RSA")], "rsa",
+         []),
+        ([{"item": "shop.test", "failed": True}, info("blog.test", ["blog.test"])], "ecdsa", ["shop.test"]),
+    ],
+)
+def test_missing_or_changed_certificates_are_requested(infos: list, key_type: str, wanted: list[str]) -> None:
+    assert certificates.certs_to_request(SITES, infos, key_type) == wanted
