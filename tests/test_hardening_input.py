@@ -28,6 +28,9 @@ SPOILT: dict[str, dict] = {
     "ssh port out of range": {"hardening_ssh_port": 70000},
     "extra tcp port 0": {"hardening_firewall_allowed_tcp_ports_extra": [0]},
     "bad reboot time": {"hardening_unattended_upgrades_reboot_time": "4am"},
+    "valid security archive URI": {"hardening_apt_security_uri": "mirror+file:///etc/apt/mirrors/debian-security.list"},
+    "two security archive URIs": {"hardening_apt_security_uri": "http://a.example/debian-security http://b.example/ds"},
+    "security archive without a scheme": {"hardening_apt_security_uri": "security.debian.org/debian-security"},
     "source rule port 0": rule(port=0),
     "source rule proto icmp": rule(proto="icmp"),
     "source rule without sources": rule(sources=[]),
@@ -61,6 +64,11 @@ def test_valid_input_passes(outcomes: dict[str, dict], case: str) -> None:
         ("ssh port out of range", "hardening_ssh_port must be a port number 1-65535, e.g. 22 or 2222; got 70000"),
         ("extra tcp port 0", "hardening_firewall_allowed_tcp_ports_extra must hold port numbers 1-65535"),
         ("bad reboot time", "hardening_unattended_upgrades_reboot_time must be a time HH:MM (24-hour clock)"),
+        (
+            "two security archive URIs",
+            "one archive URI without spaces, e.g. http://security.debian.org/debian-security",
+        ),
+        ("security archive without a scheme", "hardening_apt_security_uri must be empty (the distribution's security"),
         ("source rule port 0", "Each port in hardening_firewall_source_rules must be a port number 1-65535"),
         ("source rule proto icmp", "value of proto must be one of: tcp, udp"),
         (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import EPHEMERAL, SSH_PORT
+from conftest import BOOKWORM, EPHEMERAL, SSH_PORT, TRIXIE
 
 testinfra_hosts = ["targets"]
 
@@ -94,12 +94,62 @@ def test_fail2ban_guards_sshd_through_nftables(host):
 def test_unattended_upgrades_security_only_with_reboot_window(host):
     config = host.check_output("apt-config dump Unattended-Upgrade")
     origins = re.findall(r'Unattended-Upgrade::Origins-Pattern:: "(.*)";', config)
-    assert origins and all("Debian-Security" in origin for origin in origins)
+    # Only security suites: Debian's (label Debian-Security) and Ubuntu's (archive <codename>-security).
+    security = re.compile(r"label=Debian-Security|archive=\$\{distro_codename\}-security")
+    assert origins and all(security.search(origin) for origin in origins)
     assert 'Unattended-Upgrade::Automatic-Reboot "true";' in config
     assert 'Unattended-Upgrade::Automatic-Reboot-Time "03:30";' in config
     periodic = host.check_output("apt-config dump APT::Periodic")
     assert 'APT::Periodic::Unattended-Upgrade "1";' in periodic
     assert host.service("apt-daily-upgrade.timer").is_enabled
+
+
+SECURITY_SOURCE = "/etc/apt/sources.list.d/berth-security.sources"
+# Where each host's sources have the suite: trixie as debootstrap made it gets berth's file; bookworm's
+# deb822 source from prepare.yml (as cloud images have it) already has it.
+SUITE_SOURCE = {TRIXIE: SECURITY_SOURCE, BOOKWORM: "/etc/apt/sources.list.d/debian.sources"}
+
+
+def security_suite(host) -> str:
+    return host.check_output(". /etc/os-release && echo $VERSION_CODENAME") + "-security"
+
+
+def test_apt_sources_have_the_security_suite_once(host):
+    # APT's own reading of the sources (not the role's module): the source entries that give the suite.
+    out = host.check_output("apt-get indextargets --no-release-info --format '$(RELEASE) $(TARGET_OF) $(SOURCESENTRY)'")
+    wanted = (security_suite(host), "deb")
+    entries = {entry for suite, kind, entry in map(str.split, out.splitlines()) if (suite, kind) == wanted}
+    assert [entry.rsplit(":", 1)[0] for entry in entries] == [SUITE_SOURCE[name(host)]], entries
+    berth = host.file(SECURITY_SOURCE)
+    if name(host) == TRIXIE:
+        text = berth.content_string
+        assert "URIs: http://security.debian.org/debian-security\n" in text
+        assert f"Suites: {security_suite(host)}\nComponents: main\n" in text
+        assert "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n" in text
+        assert (berth.user, berth.group, berth.mode) == ("root", "root", 0o644)
+    else:
+        assert not berth.exists
+
+
+def test_apt_fetched_the_security_suites_index(host):
+    # apt-cache policy names each fetched index with its Release file's fields.
+    policy = host.check_output("apt-cache policy")
+    release = rf"release v=\d+,o=Debian,a=[a-z]+-security,n={security_suite(host)},l=Debian-Security,"
+    assert re.search(release, policy), policy
+    assert host.run(f"ls /var/lib/apt/lists/*_dists_{security_suite(host)}_InRelease").rc == 0
+
+
+def test_unattended_upgrades_allows_the_security_suite_and_nothing_else(host):
+    """unattended-upgrade's own reading of the origins: every index it does not allow is pinned away (and
+    printed), and the security suite's indexes are not among them."""
+    run = host.run("unattended-upgrade --dry-run -d")
+    out = run.stdout + run.stderr
+    assert run.rc == 0, out
+    allowed = re.search(r"^Allowed origins are: (.*)$", out, re.M)
+    assert allowed and f"origin=Debian,codename={security_suite(host)},label=Debian-Security" in allowed[1], out
+    not_allowed = re.findall(r"^Marking not allowed (.*) with -32768 pin$", out, re.M)
+    assert any(re.search(r"o=Debian,l=Debian\s", index) for index in not_allowed), out
+    assert not [index for index in not_allowed if "Debian-Security" in index or "security" in index], out
 
 
 def test_journald_keeps_a_capped_persistent_journal(host):

@@ -12,6 +12,10 @@ from conftest import PASSWORD, PROMETHEUS, TEXTFILE_DIR, address
 testinfra_hosts = ["exporters"]
 
 SERVICE = "prometheus-node-exporter"
+APT_SERVICE = "prometheus-node-exporter-apt"
+# The timers of prometheus-node-exporter-collectors that the role stops and disables (hardware of
+# physical machines; tasks/collectors.yml says why).
+TIMERS_OFF = ["smartmon", "nvme", "ipmitool-sensor", "mellanox-hca-temp"]
 # What systemctl show must report for the exporter's unit (the hardening in the unit file).
 HARDENING = {
     "User": "node-exporter",
@@ -137,8 +141,49 @@ def test_the_timer_refreshes_the_certificate_metrics(host):
     # ... and one removed disappears; no temporary file is left behind.
     host.check_output("rm -r /etc/letsencrypt/live/new.berth.test && systemctl start berth-tls-metrics.service")
     assert set(certificate_metrics(host)) == {"berth.test", "api.berth.test"}
-    files = host.check_output(f"ls -A {TEXTFILE_DIR}").split()
-    assert files == ["berth_backup.prom", "berth_release.prom", "berth_tls.prom"]
+    # (sponge.* would be the apt metrics service's own temporary file, if it happened to run just now.)
+    files = [name for name in host.check_output(f"ls -A {TEXTFILE_DIR}").split() if not name.startswith("sponge.")]
+    assert files == ["apt.prom", "berth_backup.prom", "berth_release.prom", "berth_tls.prom"]
+
+
+def apt_metrics(host) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """apt.prom as {metric: [(labels, value)]} (Debian 12's script and Debian 13's order labels differently)."""
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in host.file(f"{TEXTFILE_DIR}/apt.prom").content_string.splitlines():
+        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if match:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+            found.setdefault(match.group(1), []).append((labels, float(match.group(3))))
+    return found
+
+
+def test_debian_collectors_write_the_apt_metrics(host):
+    assert host.package("prometheus-node-exporter-collectors").is_installed
+    timer = host.service(f"{APT_SERVICE}.timer")
+    assert timer.is_enabled and timer.is_running
+    # berth's unit (into the textfile directory, sandboxed) replaces the package's.
+    unit = host.check_output(f"systemctl show -p FragmentPath --value {APT_SERVICE}.service")
+    assert unit == f"/etc/systemd/system/{APT_SERVICE}.service"
+    rating = host.check_output(f"systemd-analyze security {APT_SERVICE}.service --no-pager | tail -n 1")
+    assert float(re.search(r"exposure level for \S+: ([0-9.]+)", rating).group(1)) <= 2.0, rating
+    for name in TIMERS_OFF:
+        other = host.service(f"prometheus-node-exporter-{name}.timer")
+        assert not other.is_enabled and not other.is_running, name
+    prom = host.file(f"{TEXTFILE_DIR}/apt.prom")
+    assert (prom.user, prom.group, prom.mode) == ("root", "root", 0o644)
+    metrics = apt_metrics(host)
+    # prepare.yml left berth-test-dummy 1 installed and 2 in a repository of a "security" archive.
+    assert ({"origin": "berth-test:berth-test-security/stable-security", "arch": "all"}, 1) in metrics[
+        "apt_upgrades_pending"
+    ]
+    assert metrics["node_reboot_required"] == [({}, 0)]
+    assert metrics["apt_package_cache_timestamp_seconds"][0][1] > 0
+    assert "apt_autoremove_pending" in metrics
+
+
+def test_no_systemd_unit_failed(host):
+    failed = host.check_output("systemctl list-units --state=failed --plain --no-legend --no-pager")
+    assert failed == "", failed
 
 
 @pytest.mark.parametrize("family", ["ip", "ip6"])

@@ -130,25 +130,57 @@ def test_collectors_are_chosen_by_the_variables(prometheus, targets):
         assert query(prometheus, f"node_textfile_scrape_error{{{instance}}} == 0")
 
 
+def test_upgrade_and_reboot_metrics_reach_prometheus(prometheus, targets):
+    """apt.prom (Debian's collectors) on each host, scraped: the pending upgrade prepare.yml made."""
+    pending = values(prometheus, "apt_upgrades_pending")
+    reboot = values(prometheus, "node_reboot_required")
+    lists = values(prometheus, "apt_package_cache_timestamp_seconds")
+    for exporter in EXPORTERS:
+        instance = f"{exporter}:9100"
+        assert pending[("all", instance, "berth-test:berth-test-security/stable-security")] == 1
+        assert reboot[(instance,)] == 0
+        assert lists[(instance,)] > 0
+
+
+def alert_states(prometheus) -> dict[tuple[str, str, str], str]:
+    """{(alert name, instance, domain or repository): state} of the live Prometheus' active alerts."""
+    states = {}
+    for alert in api(prometheus, "alerts")["alerts"]:
+        labels = alert["labels"]
+        subject = labels.get("domain") or labels.get("repository", "")
+        states[(labels["alertname"], labels["instance"], subject)] = alert["state"]
+    return states
+
+
+def test_a_pending_reboot_reaches_prometheus_and_its_alert(prometheus, targets):
+    exporter = EXPORTERS[0]
+    host = get_host(exporter)
+    instance = f"{exporter}:9100"
+    key = ("BerthRebootRequired", instance, "")
+    # As unattended-upgrades' kernel hook does; the timer's service would see it within 15 minutes.
+    host.check_output("touch /run/reboot-required && systemctl start prometheus-node-exporter-apt.service")
+    try:
+        wait_for(lambda: values(prometheus, "node_reboot_required").get((instance,)) == 1, 30, "reboot required")
+        # for: 26h, so pending (and on this host only).
+        states = wait_for(lambda: (s := alert_states(prometheus)).get(key) and s, 30, "BerthRebootRequired")
+        assert states[key] == "pending"
+        assert [k for k in states if k[0] == "BerthRebootRequired"] == [key]
+    finally:
+        host.check_output("rm -f /run/reboot-required && systemctl start prometheus-node-exporter-apt.service")
+    wait_for(lambda: values(prometheus, "node_reboot_required").get((instance,)) == 0, 30, "reboot done")
+    wait_for(lambda: key not in alert_states(prometheus), 30, "BerthRebootRequired resolved")
+
+
 def test_alert_rules_pass_promtool(prometheus):
     checked = prometheus.run(f"promtool check rules {ALERTS}/berth-alerts.yml")
-    assert checked.rc == 0 and "SUCCESS: 9 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.rc == 0 and "SUCCESS: 15 rules found" in checked.stdout, checked.stdout + checked.stderr
     tested = prometheus.run(f"cd {ALERTS} && promtool test rules berth-alerts.test.yml")
     assert tested.rc == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
 
 
 def test_the_live_prometheus_evaluates_the_rules_on_scraped_data(prometheus, targets):
     groups = {g["name"] for g in api(prometheus, "rules")["groups"]}
-    assert groups == {"berth-host", "berth-backup", "berth-tls", "berth-release"}
-
-    def alerts() -> dict[tuple[str, str, str], str]:
-        found = api(prometheus, "alerts")["alerts"]
-        states = {}
-        for alert in found:
-            labels = alert["labels"]
-            subject = labels.get("domain") or labels.get("repository", "")
-            states[(labels["alertname"], labels["instance"], subject)] = alert["state"]
-        return states
+    assert groups == {"berth-host", "berth-backup", "berth-tls", "berth-release", "berth-updates"}
 
     expected = {}
     for exporter in EXPORTERS:
@@ -158,10 +190,12 @@ def test_the_live_prometheus_evaluates_the_rules_on_scraped_data(prometheus, tar
         expected[("BerthCertificateExpiring", instance, "berth.test")] = "pending"
         expected[("BerthBackupFailed", instance, "offsite")] = "firing"
         expected[("BerthBackupTooOld", instance, "offsite")] = "pending"
+        # prepare.yml's upgrade from a "security" archive (for: 2d, so pending).
+        expected[("BerthSecurityUpgradesPending", instance, "")] = "pending"
     seen: list[dict] = []
 
     def as_expected() -> bool:
-        seen.append(alerts())
+        seen.append(alert_states(prometheus))
         return seen[-1] == expected
 
     wait_for(as_expected, 30, "the expected alerts")
