@@ -152,3 +152,43 @@ def test_configuration_as_the_role_writes_it(tmp_path: Path) -> None:
     assert bb.restic_argv(cfg.repository("offsite"), "snapshots") == ["restic", "-o", "sftp.args=-F /x", "snapshots"]
     with pytest.raises(bb.BackupError, match="no repository named 'cloud'"):
         cfg.repository("cloud")
+
+
+MIB = 1 << 20
+
+
+def test_dumps_that_fit_with_the_reserve_are_staged() -> None:
+    need = {"database": 100 * MIB, "Redis": 10 * MIB}
+    # 110 MiB + 10 % = 121 MiB, + 1024 MiB reserve
+    assert bb.staging_problem(need, 1145 * MIB + 1, 1024 * MIB, Path("/s")) is None
+    assert bb.staging_problem({}, 0, 0, Path("/s")) is None
+
+
+def test_dumps_that_would_eat_the_reserve_are_refused_with_the_figures() -> None:
+    need = {"database": 100 * MIB, "Redis": 10 * MIB}
+    problem = bb.staging_problem(need, 1144 * MIB, 1024 * MIB, Path("/var/lib/berth/backup/staging"))
+    assert problem is not None
+    assert "nothing was written" in problem
+    assert "database 100.0 MiB + Redis 10.0 MiB" in problem
+    assert "121.0 MiB" in problem and "1.0 GiB must stay free" in problem and "1.1 GiB is free" in problem
+    assert "backup_staging_reserve_mb" in problem
+
+
+def unit(result: str, status: str, started_mono: float) -> dict[str, str]:
+    return {"Result": result, "ExecMainStatus": status, "ExecMainStartTimestampMonotonic": str(int(started_mono * 1e6))}
+
+
+def test_a_failure_the_run_recorded_is_not_recorded_twice() -> None:
+    # The unit started 30 s ago (monotonic 970 of 1000, wall clock 5000 now), its run at wall clock 4970.5.
+    last = {"status": "failed", "started_ts": 4970.5, "error": "db down"}
+    assert bb.unit_failure("berth-backup.service", unit("exit-code", "1", 970), last, 5000.0, 1000.0) is None
+
+
+def test_a_run_that_could_not_record_its_end_is_recorded() -> None:
+    earlier = {"status": "failed", "started_ts": 1000.0}  # an older run's failure
+    timeout = bb.unit_failure("berth-backup.service", unit("timeout", "15", 970), earlier, 5000.0, 1000.0)
+    assert timeout is not None and "result timeout" in timeout and "journalctl -u berth-backup.service" in timeout
+    ok_before = {"status": "ok", "started_ts": 4980.0}  # killed runs leave the earlier "ok" as last record
+    assert bb.unit_failure("berth-backup.service", unit("signal", "9", 970), ok_before, 5000.0, 1000.0)
+    locked = bb.unit_failure("berth-backup-verify.service", unit("exit-code", "75", 970), {}, 5000.0, 1000.0)
+    assert locked is not None and "another berth-backup run held the lock" in locked

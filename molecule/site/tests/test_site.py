@@ -126,13 +126,13 @@ def test_the_first_release_is_recorded(target):
 
 @pytest.fixture(scope="module")
 def backup_run(target) -> None:
-    """One backup run, as cron starts it (the tests must not wait for the schedule)."""
-    target.check_output("/usr/local/sbin/berth-backup run")
+    """One backup run, started as its timer starts it (the tests must not wait for the schedule)."""
+    target.check_output("systemctl start berth-backup.service")
 
 
 def test_a_backup_is_produced_and_listed_by_restic(target, backup_run):
-    cron = target.file("/etc/cron.d/berth-backup")
-    assert cron.exists and "berth-backup" in cron.content_string
+    assert target.check_output("systemctl is-enabled berth-backup.timer berth-backup-verify.timer").split() == [
+        "enabled", "enabled"]
     snapshots = json.loads(
         target.check_output(
             "RESTIC_PASSWORD_FILE=/etc/berth/backup/password restic -r /var/backups/berth/restic snapshots --json"

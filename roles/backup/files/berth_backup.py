@@ -6,10 +6,12 @@ Installed by the berth `backup` role as /usr/local/sbin/berth-backup and configu
 `docker` and `restic`.
 
     berth-backup run [--print-record]
-        The backup cron runs: pg_dump of the running PostgreSQL container (custom format, one
-        exported snapshot for the dump and the row counts/checksums), a fresh Redis RDB, the
-        configured volumes and paths -> `restic backup` to every repository, then forget/prune
-        and check. Writes a record, the state and the node_exporter metrics.
+        The scheduled backup: a check that the dumps fit in the staging directory with
+        backup_staging_reserve_mb left free (else nothing is written); pg_dump of the running
+        PostgreSQL container (custom format, one exported snapshot for the dump and the row
+        counts/checksums), a fresh Redis RDB, the configured volumes and paths -> `restic backup`
+        to every repository, then forget/prune and check. Writes a record, the state and the
+        node_exporter metrics. Within 3 minutes of boot it first waits for PostgreSQL and Redis.
     berth-backup verify [--repository NAME] [--snapshot ID] [--print-record]
         Restore test: the snapshot's dump into a scratch PostgreSQL container (no network) and its
         RDB into a scratch Redis; row counts and checksums must equal the ones in the manifest.
@@ -18,9 +20,13 @@ Installed by the berth `backup` role as /usr/local/sbin/berth-backup and configu
     berth-backup snapshots [--repository NAME]      the snapshots of a repository (JSON)
     berth-backup init [--dry-run]                   create missing repositories (JSON: name -> state)
     berth-backup restic NAME [RESTIC ARGS...]       run restic against a configured repository
+    berth-backup unit-failed UNIT                   OnFailure= of the units: record a run that could not
+                                                    record itself (killed, timed out, locked out)
 
-Exit status: 0 success; 1 failed; 2 restore failed before it changed anything; 75 another run
-holds the lock. Errors go to stderr (cron mails them) and to syslog (journalctl -t berth-backup).
+Scheduled by systemd timers (berth-backup.timer, berth-backup-verify.timer; Persistent=true, so a run
+missed while the host was down runs at boot). Exit status: 0 success; 1 failed; 2 restore failed before
+it changed anything; 75 another run holds the lock. Errors go to stderr (the unit's journal) and to
+syslog (journalctl -t berth-backup); records and metrics show every failure.
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ class Config:
     records_keep: int
     restore_test_repository: str
     wait_timeout: int
+    staging_reserve: int
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -129,6 +136,7 @@ class Config:
             records_keep=int(data.get("records_keep", 200)),
             restore_test_repository=data.get("restore_test_repository") or repos[0].name,
             wait_timeout=int(data.get("wait_timeout", 600)),
+            staging_reserve=int(data.get("staging_reserve_bytes", 1 << 30)),
         )
 
     def repository(self, name: str | None) -> Repository:
@@ -804,12 +812,90 @@ def publish(cfg: Config, section: str, record: dict[str, Any]) -> None:
     write_atomic(cfg.metrics_dir / f"{prefix}.prom", render_metrics(state, section, names), mode=0o644)
 
 
+def size_text(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""  # not reached
+
+
+# The dumps are estimated by what they hold: the database's size (a plain custom-format dump holds its rows
+# but no index, so it is smaller) and Redis's memory (its RDB is smaller still), plus this share.
+STAGING_MARGIN = 0.10
+
+
+def staging_problem(need: dict[str, int], free: int, reserve: int, staging: Path) -> str | None:
+    """Why the dumps must not be staged in a file system with `free` bytes, or None when they fit."""
+    estimate = sum(need.values())
+    wanted = int(estimate * (1 + STAGING_MARGIN)) + reserve
+    if free >= wanted:
+        return None
+    parts = " + ".join(f"{name} {size_text(size)}" for name, size in need.items()) or "nothing"
+    return (
+        f"not enough free space in {staging} to stage the dumps, so nothing was written: they need up to "
+        f"{size_text(estimate * (1 + STAGING_MARGIN))} ({parts}, + {STAGING_MARGIN:.0%}), and "
+        f"{size_text(reserve)} must stay free for the rest of the host (backup_staging_reserve_mb), but only "
+        f"{size_text(free)} is free. Free space on that file system, or mount a larger one at {staging}."
+    )
+
+
+# A run this soon after boot (a run the timer missed while the host was down starts at boot, Persistent=true)
+# waits for the stack's data services, which Docker starts again in their own time, instead of failing.
+BOOT_SETTLE = 180.0
+
+
+def seconds_since_boot() -> float:
+    """Age of PID 1 (the host's, or a container host's own init): /proc/uptime minus its start time."""
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    # Field 22 of /proc/1/stat (after the command in parentheses): start time in clock ticks after boot.
+    started = int(Path("/proc/1/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return uptime - started / os.sysconf("SC_CLK_TCK")
+
+
+def settle_after_boot(cfg: Config) -> None:
+    """Just after boot, wait (until BOOT_SETTLE seconds after it) for PostgreSQL and Redis to answer."""
+    left = BOOT_SETTLE - seconds_since_boot()
+    if left <= 0:
+        return
+    LOG.info("the host started %.0f s ago: waiting up to %.0f s for the stack", BOOT_SETTLE - left, left)
+    deadline = time.monotonic() + left
+    for service in filter(None, (cfg.postgres_service, cfg.redis_service)):
+        container = wait_until(f"service {service} of compose project {cfg.project} running after boot",
+                               max(deadline - time.monotonic(), 0), lambda s=service: project_containers(cfg, s))[0]
+        if service == cfg.postgres_service:
+            user, database = postgres_identity(container)
+            wait_postgres(container, user, database, max(deadline - time.monotonic(), 0))
+        else:
+            wait_until(f"Redis in {container[:12]} answering after boot", max(deadline - time.monotonic(), 0),
+                       lambda c=container: redis_ping(c))
+
+
+def check_staging_space(cfg: Config, staging: Path) -> dict[str, int]:
+    """Refuse, before anything is written, dumps that would not fit with the reserve left free."""
+    need: dict[str, int] = {}
+    if cfg.postgres_service:
+        container = service_container(cfg, cfg.postgres_service)
+        user, database = postgres_identity(container)
+        with Psql(container, user, database) as psql:
+            need["database"] = int(psql.rows("SELECT pg_database_size(current_database());")[0][0])
+    if cfg.redis_service:
+        container = service_container(cfg, cfg.redis_service)
+        need["Redis"] = int(redis_info(container, "memory")["used_memory"])
+    problem = staging_problem(need, shutil.disk_usage(staging).free, cfg.staging_reserve, staging)
+    if problem:
+        raise BackupError(problem)
+    return need
+
+
 # --- commands ------------------------------------------------------------------------------------
 
 
 def collect(cfg: Config, staging: Path) -> dict[str, Any]:
     """Everything one snapshot holds, staged: dumps plus a manifest with sizes and checksums."""
     manifest: dict[str, Any] = {"host": cfg.host, "project": cfg.project, "created": now_iso(time.time())}
+    settle_after_boot(cfg)
+    check_staging_space(cfg, staging)
     if cfg.postgres_service:
         manifest["postgres"] = dump_postgres(cfg, staging)
     if cfg.redis_service:
@@ -1141,6 +1227,55 @@ def cmd_restic(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_FAILED  # not reached
 
 
+# The systemd units that run the program (templates of the role), and the kind of run each makes.
+UNITS = {"berth-backup.service": "backup", "berth-backup-verify.service": "restore-test"}
+SECTIONS = {"backup": "backup", "restore-test": "restore_test"}
+
+
+def unit_failure(unit: str, props: dict[str, str], last: dict[str, Any], now: float, now_mono: float) -> str | None:
+    """What to record for a failed unit, or None when its run recorded the failure itself.
+
+    The program records every failure it sees (exit 1). What it cannot record is its own end: killed at the
+    unit's time limit or by the kernel, or not started because another run held the lock (exit 75).
+    """
+    started_mono = int(props.get("ExecMainStartTimestampMonotonic") or 0) / 1e6
+    started = now - (now_mono - started_mono) if started_mono else 0.0
+    if last.get("status") == "failed" and last.get("started_ts", 0) >= started - 1:
+        return None
+    result, status = props.get("Result", "unknown"), props.get("ExecMainStatus", "")
+    if result == "exit-code" and status == str(EXIT_LOCKED):
+        return f"{unit} did not run: another berth-backup run held the lock (a backup-now.yml or restore.yml)"
+    return (f"{unit} ended with result {result} (exit status {status or 'none'}) before berth-backup could "
+            f"record its run; see journalctl -u {unit}")
+
+
+def cmd_unit_failed(cfg: Config, args: argparse.Namespace) -> int:
+    """OnFailure= of the units: make every failed unit a failed run in the records and the metrics."""
+    kind = UNITS.get(args.unit)
+    if kind is None:
+        raise BackupError(f"unknown unit {args.unit!r} (known: {', '.join(UNITS)})")
+    props = dict(
+        line.split("=", 1)
+        for line in out(["systemctl", "show", args.unit, "--property=Result,ExecMainStatus,"
+                         "ExecMainStartTimestampMonotonic"], "systemctl show").splitlines()
+        if "=" in line
+    )
+    last = load_json(STATE_DIR / f"last-{kind}.json", {})
+    failure = unit_failure(args.unit, props, last, time.time(), time.monotonic())
+    if failure is None:
+        LOG.error("%s failed, and its run recorded why: %s", args.unit, last.get("error", "?"))
+        return 0
+    LOG.error("%s", failure)
+    record = new_record(kind, cfg)
+    names = [repo.name for repo in cfg.repositories] if kind == "backup" else [cfg.repository(None).name]
+    record["repositories"] = {name: {"status": "failed", "error": failure} for name in names}
+    record["unit"] = args.unit
+    finish_record(record, failure)
+    save_record(cfg, record)
+    publish(cfg, SECTIONS[kind], record)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="berth-backup", description=__doc__.split("\n\n")[0])
     top.add_argument("--config", type=Path, default=CONFIG_FILE, help="configuration file (JSON)")
@@ -1159,6 +1294,8 @@ def parser() -> argparse.ArgumentParser:
     snapshots.add_argument("--repository", help="repository name")
     init = sub.add_parser("init", help="create missing repositories")
     init.add_argument("--dry-run", action="store_true", help="only report missing repositories")
+    failed = sub.add_parser("unit-failed", help="record a failed systemd unit's run (its OnFailure=)")
+    failed.add_argument("unit", help="the unit, e.g. berth-backup.service")
     passthrough = sub.add_parser("restic", help="run restic against a repository")
     passthrough.add_argument("name", help="repository name")
     passthrough.add_argument("restic_args", nargs=argparse.REMAINDER, help="restic's arguments")
@@ -1184,6 +1321,7 @@ COMMANDS = {
     "snapshots": cmd_snapshots,
     "init": cmd_init,
     "restic": cmd_restic,
+    "unit-failed": cmd_unit_failed,
 }
 
 

@@ -12,7 +12,7 @@ import shlex
 import subprocess
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,8 @@ OFFSITE_REPO = "/srv/restic/repos/berth-backup-trixie"
 PASSWORD = "bk-Test$secret#3/@:%z'\"-restic"
 UPLOADS = "/var/lib/docker/volumes/demo-uploads/_data"
 KEEP = {"hourly": 2, "daily": 3, "weekly": 2, "monthly": 2}
+UNITS = ("berth-backup.service", "berth-backup.timer", "berth-backup-verify.service", "berth-backup-verify.timer",
+         "berth-backup-failed@.service")
 TIMINGS = ROOT / "artifacts" / "molecule" / "backup-timings.json"
 
 
@@ -142,11 +144,9 @@ def lock_free(host, timeout=300):
 # --- the role's files -----------------------------------------------------------------------------
 
 
-def test_restic_and_cron_from_debian(host):
+def test_restic_from_debian(host):
     assert host.package("restic").is_installed
     assert host.check_output("restic version").startswith("restic 0.18")
-    assert host.service("cron").is_running
-    assert host.service("cron").is_enabled
 
 
 def test_program_configuration_and_secrets_are_root_only(host):
@@ -159,7 +159,8 @@ def test_program_configuration_and_secrets_are_root_only(host):
     # The password is the file's whole content (no newline added) and nowhere else.
     assert host.file("/etc/berth/backup/password").content_string == PASSWORD
     assert PASSWORD not in host.file("/etc/berth/backup/config.json").content_string
-    assert PASSWORD not in host.file("/etc/cron.d/berth-backup").content_string
+    for unit in UNITS:
+        assert PASSWORD not in host.file(f"/etc/systemd/system/{unit}").content_string, unit
 
 
 def test_configuration_names_both_repositories(host):
@@ -186,12 +187,28 @@ def test_offsite_user_gets_sftp_and_no_shell(host):
     assert "shell-reached" not in proc.stdout
 
 
-def test_cron_entry_is_scheduled(host):
-    cron = host.file("/etc/cron.d/berth-backup")
-    assert (cron.user, cron.mode) == ("root", 0o644)
-    lines = [line for line in cron.content_string.splitlines() if line and not line.startswith("#")]
-    assert f"0 0 31 2 * root {PROGRAM} run" in lines
-    assert f"30 0 31 2 * root {PROGRAM} verify" in lines
+def unit_properties(host, unit, *names: str):
+    out = host.check_output(f"systemctl show {unit} --property={','.join(names)}")
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def test_timers_schedule_the_backup_and_the_restore_test(host):
+    for unit in UNITS:
+        file = host.file(f"/etc/systemd/system/{unit}")
+        assert (file.user, file.mode) == ("root", 0o644), unit
+    assert not host.file("/etc/cron.d/berth-backup").exists
+    host.check_output("systemd-analyze verify " + " ".join(f"/etc/systemd/system/{u}" for u in UNITS if "@" not in u))
+    for timer, service, calendar in (
+        ("berth-backup.timer", "berth-backup.service", "*-02-31 00:00:00"),
+        ("berth-backup-verify.timer", "berth-backup-verify.service", "*-02-31 00:30:00"),
+    ):
+        found = unit_properties(host, timer, "ActiveState", "UnitFileState", "Unit", "Persistent", "TimersCalendar")
+        assert (found["ActiveState"], found["UnitFileState"], found["Unit"]) == ("active", "enabled", service)
+        assert found["Persistent"] == "yes"
+        assert f"OnCalendar={calendar}" in found["TimersCalendar"]
+        unit = unit_properties(host, service, "OnFailure", "ExecStart", "TimeoutStartUSec", "Nice")
+        assert unit["OnFailure"] == f"berth-backup-failed@{service}.service"
+        assert unit["TimeoutStartUSec"] == "6h" and unit["Nice"] == "10"
 
 
 def test_repositories_exist_and_are_encrypted(host):
@@ -411,33 +428,44 @@ def test_restore_a_chosen_snapshot_from_offsite(host, first_backup, restored):
 # --- schedule, lock, retention, integrity ---------------------------------------------------------
 
 
-def test_a_run_through_cron_makes_a_snapshot(host):
-    """The scheduled command, run by cron itself with a one-minute schedule of the test's."""
-    lines = host.file("/etc/cron.d/berth-backup").content_string.splitlines()
-    entry = next(line for line in lines if line.endswith(f"{PROGRAM} run"))
-    header = [line for line in lines if re.match(r"^[A-Z]+=", line)]
-    command = entry.split(None, 5)[5]
-    assert command == f"root {PROGRAM} run"
-    before = read_json(host, f"{STATE}/last-backup.json")["started_ts"]
-    test_file = "/etc/cron.d/berth-backup-test"
-    host.check_output(f"printf '%s\\n' {' '.join(shlex.quote(h) for h in header)} "
-                      f"{shlex.quote('* * * * * ' + command)} > {test_file} && chmod 0644 {test_file}")
-    try:
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline:
-            record = read_json(host, f"{STATE}/last-backup.json")
-            if record["started_ts"] > before and record["status"] != "running":
-                break
-            time.sleep(3)
-        else:
-            pytest.fail("cron did not run the backup within 150 s")
-    finally:
-        host.check_output(f"rm -f {test_file}")
+def test_a_run_of_the_service_makes_a_snapshot(host):
+    """The scheduled unit itself, started as its timer starts it."""
     lock_free(host)
+    before = read_json(host, f"{STATE}/last-backup.json")["started_ts"]
+    host.check_output("systemctl start berth-backup.service")  # a oneshot: returns when the run has ended
+    record = read_json(host, f"{STATE}/last-backup.json")
+    assert record["started_ts"] > before
     assert record["status"] == "ok", record.get("error")
     for name in ("local", "offsite"):
         assert record["repositories"][name]["snapshot_id"] in snapshot_ids(host, name)
-    assert "CRON" in host.check_output(f"journalctl --no-pager -u cron --since @{int(before)}")
+    journal = host.check_output(f"journalctl --no-pager -u berth-backup.service --since @{int(before)}")
+    assert "Finished berth-backup.service" in journal or "Deactivated successfully" in journal
+
+
+def test_a_run_killed_at_its_time_limit_is_recorded_as_failed(host):
+    """OnFailure=: a run that cannot record its own end (here: stopped by systemd) still counts as failed."""
+    lock_free(host)
+    dropin = "/run/systemd/system/berth-backup.service.d"
+    host.check_output(f"mkdir -p {dropin} && printf '[Service]\\nTimeoutStartSec=2\\n' > {dropin}/test.conf"
+                      " && systemctl daemon-reload")
+    try:
+        before = time.time()
+        assert host.run("systemctl start berth-backup.service").rc != 0
+        wait = time.monotonic() + 60
+        while (record := read_json(host, f"{STATE}/last-backup.json"))["started_ts"] < before - 1:
+            assert time.monotonic() < wait, "no failure recorded within 60 s"
+            time.sleep(1)
+    finally:
+        host.check_output(f"rm -rf {dropin} && systemctl daemon-reload && systemctl reset-failed")
+    lock_free(host)
+    assert record["status"] == "failed"
+    assert record["unit"] == "berth-backup.service"
+    assert "ended with result timeout" in record["error"]
+    found = metrics(host)
+    for name in ("local", "offsite"):
+        assert found[("berth_backup_last_run_success", name)] == 0
+    assert "ended with result timeout" in host.check_output(
+        f"journalctl --no-pager -t berth-backup --since @{int(before)}")
 
 
 def test_runs_never_overlap(host):
@@ -583,15 +611,66 @@ def test_unreachable_offsite_fails_loudly_while_local_still_backs_up(host):
     assert found[key] == metrics_before[key]
 
 
-def test_full_disk_fails_loudly_and_keeps_the_snapshots(host):
+def test_dumps_that_do_not_fit_fail_before_writing_anything(host):
+    """A staging file system too small for the dumps plus the reserve: refused up front, nothing written."""
     lock_free(host)
-    # A tiny file system over the staging directory, where the dumps are written.
-    before, _metrics, proc, record, after = failing_run(
-        host,
-        lambda: host.check_output(f"mount -t tmpfs -o size=4k,nr_inodes=4 berth-test-full {STATE}/staging"),
-        lambda: host.check_output(f"umount {STATE}/staging"),
-    )
+    before = {name: snapshot_ids(host, name) for name in ("local", "offsite")}
+    # 64 MiB: room for this small database's dump, but not with backup_staging_reserve_mb (1024) left free.
+    host.check_output(f"mount -t tmpfs -o size=64m berth-test-small {STATE}/staging")
+    try:
+        proc = host.run(f"{PROGRAM} run")
+        left = host.check_output(f"find {STATE}/staging -mindepth 1 | wc -l")
+    finally:
+        host.check_output(f"umount {STATE}/staging")
+    record = read_json(host, f"{STATE}/last-backup.json")
     assert proc.rc == 1
-    assert "no space left on device" in proc.stderr.lower()
-    assert record["status"] == "failed"
-    assert after == before
+    assert f"not enough free space in {STATE}/staging to stage the dumps, so nothing was written" in proc.stderr
+    assert "1.0 GiB must stay free" in proc.stderr and "backup_staging_reserve_mb" in proc.stderr
+    assert left == "0"
+    assert record["status"] == "failed" and "nothing was written" in record["error"]
+    assert {name: snapshot_ids(host, name) for name in ("local", "offsite")} == before
+    assert host.run(f"cd {DIR} && docker compose exec -T postgres pg_isready -q").rc == 0
+    wait_healthy(host)
+
+
+def docker(*args: str, timeout=120):
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=True).stdout
+
+
+def test_a_run_missed_while_the_host_was_down_runs_at_boot(host):
+    """The timer's time passes while the host is stopped; once it is started again, the backup runs."""
+    lock_free(host)
+    due = int(time.time()) + 20
+    calendar = datetime.fromtimestamp(due, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    dropin = "/etc/systemd/system/berth-backup.timer.d"
+    host.check_output(f"mkdir -p {dropin} && printf '[Timer]\\nOnCalendar=\\nOnCalendar=%s\\n' "
+                      f"{shlex.quote(calendar)} > {dropin}/test.conf && systemctl daemon-reload"
+                      " && systemctl restart berth-backup.timer")
+    try:
+        assert f"OnCalendar={calendar.replace(' UTC', '')}" in unit_properties(
+            host, "berth-backup.timer", "TimersCalendar")["TimersCalendar"].replace(" UTC", "")
+        docker("stop", HOST)
+        stopped = time.time()
+        assert stopped < due, "the host must go down before the timer is due"
+        time.sleep(due - stopped + 5)
+        docker("start", HOST)
+        booted = time.time()
+        deadline = time.monotonic() + 120
+        while host.run("systemctl is-system-running").stdout.strip() not in ("running", "degraded"):
+            assert time.monotonic() < deadline, "the host did not finish booting within 120 s"
+            time.sleep(2)
+        deadline = time.monotonic() + 300
+        while (record := read_json(host, f"{STATE}/last-backup.json"))["started_ts"] < booted - 1 or (
+            record["status"] == "running"
+        ):
+            assert time.monotonic() < deadline, "no backup ran within 300 s of the boot"
+            time.sleep(3)
+    finally:
+        host.run(f"rm -rf {dropin} && systemctl daemon-reload && systemctl restart berth-backup.timer")
+    timing("boot_to_missed_backup_done", record["finished_ts"] - booted)
+    assert record["status"] == "ok", record.get("error")
+    journal = host.check_output("journalctl --no-pager -b -u berth-backup.timer -u berth-backup.service")
+    assert "berth-backup" in journal
+    for name in ("local", "offsite"):
+        assert record["repositories"][name]["snapshot_id"] in snapshot_ids(host, name)
+    wait_healthy(host)
