@@ -667,6 +667,11 @@ def forget(cfg: Config, repo: Repository) -> dict[str, Any]:
 
 def backup_to(cfg: Config, repo: Repository, sources: list[str]) -> dict[str, Any]:
     started = time.monotonic()
+    # A run that systemd stopped at its time limit (or that was killed) leaves restic's lock behind, and
+    # forget/prune would wait for it. This run holds berth-backup's own lock, so no other run of this host
+    # uses the repository: `restic unlock` removes just such locks (of processes no longer running on this
+    # host, or older than 30 minutes), never a live one.
+    restic(cfg, repo, "unlock", what="restic unlock (stale locks)")
     excludes = [part for pattern in cfg.exclude for part in ("--exclude", pattern)]
     proc = restic(
         cfg, repo, "backup", "--json", "--retry-lock", "5m", "--tag", TAG, "--host", cfg.host, *excludes, *sources,

@@ -466,6 +466,16 @@ def test_a_run_killed_at_its_time_limit_is_recorded_as_failed(host):
         assert found[("berth_backup_last_run_success", name)] == 0
     assert "ended with result timeout" in host.check_output(
         f"journalctl --no-pager -t berth-backup --since @{int(before)}")
+    # A restic killed inside a run leaves its lock in the repository (here made certain with kill -9); the
+    # next run must not wait for it (forget and prune need the repository to themselves).
+    host.check_output(f"{PROGRAM} restic local backup --tag stale-lock-test /usr & "
+                      f"for i in $(seq 50); do [ -n \"$(ls {LOCAL_REPO}/locks)\" ] && break; sleep 0.2; done; "
+                      "kill -9 $!; wait; true")
+    assert int(host.check_output(f"ls {LOCAL_REPO}/locks | wc -l")) >= 1
+    after = host.run(f"{PROGRAM} run")
+    assert after.rc == 0, after.stderr
+    assert read_json(host, f"{STATE}/last-backup.json")["status"] == "ok"
+    assert host.check_output(f"ls {LOCAL_REPO}/locks | wc -l") == "0"
 
 
 def test_runs_never_overlap(host):
