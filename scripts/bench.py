@@ -22,6 +22,8 @@ Phases:
                nginx; "switched" is command start -> first answer from the new version
     backup     backup-now.yml and restore.yml of a database grown by --backup-mb MB (a lost
                database volume restored; every row compared), berth's profile (scripts/bench_backup.py)
+    apps       what each extra app costs a no-change site.yml: one host with one app (the demo's shop:
+               a worker, a job, migrations), then the same host with three apps
     parallel   site.yml on N fresh hosts at once versus one (berth and mitogen profiles)
     preflight  site.yml with a bad setting in its first and in its last layer, on the production
                example filled in as a user does and every host unreachable: command start to the
@@ -60,7 +62,7 @@ from release_phases import LoadedHost
 
 INVENTORY = ROOT / ".cache" / "bench-inventory"
 OUT = ROOT / "artifacts" / "bench.json"
-SITE = "berth.localhost"
+SITE = "shop.localhost"
 PROFILES: dict[str, dict[str, str]] = {
     "berth": {},
     "mitogen": {"ANSIBLE_STRATEGY": "mitogen_linear"},
@@ -73,7 +75,7 @@ PROFILES: dict[str, dict[str, str]] = {
 }
 # The profiles measured (--profiles); the host of the second and release phases is converged with "berth".
 SELECTED = list(PROFILES)
-PHASES = ("cold", "second", "release", "backup", "parallel", "preflight")
+PHASES = ("cold", "second", "release", "backup", "apps", "parallel", "preflight")
 
 
 # --- test hosts -----------------------------------------------------------------------------------
@@ -269,7 +271,8 @@ def converged() -> Path:
     inventory = create([name])
     log("site.yml and the first release, to converge the host")
     ansible("berth", inventory, "site.yml")
-    ansible("berth", inventory, "playbooks/deploy.yml", "-e", "app_version=v1")
+    for app in ("shop", "blog"):
+        ansible("berth", inventory, "playbooks/deploy.yml", "-e", f"app={app}", "-e", "app_version=v1")
     return inventory
 
 
@@ -291,8 +294,8 @@ def release(repeat: int, inventory: Path, wrk: int) -> None:
             tag = f"bench-{profile}-{i}"
             host.docker("docker", "tag", "berth-demo-app:v2", f"berth-demo-app:{tag}")
             for kind, playbook, extra, version in (
-                ("deploy", "playbooks/deploy.yml", ["-e", f"app_version={tag}"], "v2"),
-                ("rollback", "playbooks/rollback.yml", [], "v1"),
+                ("deploy", "playbooks/deploy.yml", ["-e", "app=shop", "-e", f"app_version={tag}"], "v2"),
+                ("rollback", "playbooks/rollback.yml", ["-e", "app=shop"], "v1"),
             ):
                 log(f"{kind} under load ({profile}, {i + 1}/{repeat})")
                 host.extra_env = PROFILES[profile]
@@ -312,11 +315,39 @@ def release(repeat: int, inventory: Path, wrk: int) -> None:
 
 def backup(inventory: Path, size_mb: int) -> None:
     log(f"backup and restore of a database grown by {size_mb} MB")
-    figures = bench_backup.measure("berth-bench-1", size_mb, inventory, project="app", extra=tuple(site_vars()))
+    figures = bench_backup.measure("berth-bench-1", size_mb, inventory, project="shop", extra=tuple(site_vars()))
     database = {"database_mib": round(figures["database_bytes"] / 2**20), "rows": figures["rows"]}
     record("backup", "backup-now.yml", "berth", {"seconds": figures["backup_now_playbook_seconds"], **database})
     record("backup", "restore.yml", "berth", {"seconds": figures["restore_playbook_seconds"], **database})
     record("backup", "details", "berth", figures)
+
+
+# The apps phase: what each extra app costs a no-change site.yml. shop is the demo's (a worker, a job,
+# migrations, PostgreSQL and Redis); the two others are plain web apps with PostgreSQL and Redis.
+SHOP = {
+    "name": "shop", "image": "berth-demo-app:v1", "domains": ["shop.localhost"],
+    "workers": [{"name": "default", "command": ["python3", "/app/app.py", "worker"], "stop_grace_period": 15}],
+    "jobs": [{"name": "summary", "schedule": "*:0/15", "command": ["python3", "/app/app.py", "summary"]}],
+    "migrate": ["python3", "/app/app.py", "migrate"],
+}  # fmt: skip
+PLAIN = [{"name": name, "image": "berth-demo-app:v1", "domains": [f"{name}.localhost"]} for name in ("blog", "wiki")]
+
+
+def apps(repeat: int, keep: bool) -> None:
+    """A no-change site.yml on one host with one app, then with three (the same host, two apps added)."""
+    name = "berth-bench-apps"
+    inventory = create([name])
+    for described in ([SHOP], [SHOP, *PLAIN]):
+        extra = ["-e", json.dumps({"berth_apps": described})]
+        log(f"site.yml with {len(described)} app(s), to converge")
+        ansible("berth", inventory, "site.yml", *extra)
+        for i in range(repeat):
+            for profile in SELECTED:
+                log(f"second site.yml, {len(described)} app(s) ({profile}, {i + 1}/{repeat})")
+                figures = ansible(profile, inventory, "site.yml", *extra)
+                record("apps", f"second site.yml, {len(described)} app(s)", profile, figures)
+    if not keep:
+        destroy([name])
 
 
 def parallel(count: int, keep: bool) -> None:
@@ -455,6 +486,8 @@ def main() -> None:
             backup(inventory, args.backup_mb)
         if not args.keep:
             destroy(["berth-bench-1"])
+    if "apps" in only:
+        apps(args.repeat, keep=args.keep)
     if "parallel" in only:
         parallel(args.hosts, keep=args.keep)
     if "preflight" in only:

@@ -3,13 +3,14 @@
 
 Runs against the backup role's Molecule host, converged first:
 
-    cd roles/backup && molecule converge      # the stack, a local and an off-site (SFTP) repository
+    cd roles/backup && molecule converge      # two apps, a local and an off-site (SFTP) repository
     scripts/bench_backup.py [--size-mb 300]   # prints the figures (and --json FILE writes them)
 
-It fills the demo database with a table of about --size-mb MB (generate_series, inside the PostgreSQL
-container), runs playbooks/backup-now.yml (backup to both repositories + restore test into a scratch
-database), destroys the database volume, runs playbooks/restore.yml, checks that every row came back
-and prints backup time, restore-test time, restore time and the sizes. The table is dropped at the end.
+It fills the database of one app (shop) with a table of about --size-mb MB (generate_series, inside its
+PostgreSQL container), runs playbooks/backup-now.yml (every app's backup to both repositories + restore
+tests into scratch databases), destroys that app's database volume, runs playbooks/restore.yml -e app=shop,
+checks that every row came back and prints backup time, restore-test time, restore time and the sizes
+(those of that app). The table is dropped at the end.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ except ImportError:  # the system Python: run again with the project's virtualen
     sys.exit("berth: PyYAML is missing: run scripts/setup.py first")
 
 SCENARIO = ROOT / "roles" / "backup" / "molecule" / "default" / "molecule.yml"
-PROJECT = "demo"
+# The app measured (berth_apps): its compose project, and its database and user (the plan's db_name).
+PROJECT = "shop"
 # One row is about 205 bytes on disk (measured: four md5 strings as text, a float, a timestamp, the tuple header).
 ROW_BYTES = 205
 
@@ -52,7 +54,8 @@ def sh(host: str, command: str, timeout: float = 3600) -> str:
 
 def psql(host: str, sql: str, project: str = PROJECT) -> str:
     pg = sh(host, f"docker compose -p {project} ps -q postgres")
-    return sh(host, f"docker exec {pg} psql -U app -d app -At -v ON_ERROR_STOP=1 -c {shlex.quote(sql)}")
+    db = project.replace("-", "_")
+    return sh(host, f"docker exec {pg} psql -U {db} -d {db} -At -v ON_ERROR_STOP=1 -c {shlex.quote(sql)}")
 
 
 def inventory(host: str, directory: Path) -> Path:
@@ -106,7 +109,7 @@ def fill(host: str, size_mb: int, project: str = PROJECT) -> dict[str, Any]:
     return {
         "rows": int(psql(host, "SELECT count(*) FROM bench_rows", project)),
         "checksum": psql(host, "SELECT sum(hashtextextended(b::text, 0)) FROM bench_rows b", project),
-        "database_bytes": int(psql(host, "SELECT pg_database_size('app')", project)),
+        "database_bytes": int(psql(host, "SELECT pg_database_size(current_database())", project)),
         "fill_seconds": round(time.monotonic() - started, 1),
     }
 
@@ -122,15 +125,16 @@ def destroy_database(host: str, project: str = PROJECT) -> None:
 def measure(
     host: str, size_mb: int, inv: Path | None = None, project: str = PROJECT, extra: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    """Fill, back up, destroy, restore and compare. Without `inv`, the backup scenario's host and
-    variables; scripts/bench.py passes its own inventory, stack name and extra variables."""
+    """Fill, back up, destroy, restore and compare, for the app `project`. Without `inv`, the backup
+    scenario's host and variables; scripts/bench.py passes its own inventory, app name and extra variables."""
     with tempfile.TemporaryDirectory() as tmp:
         inv = inv or inventory(host, Path(tmp))
         data = fill(host, size_mb, project)
         backup_wall = playbook(inv, "backup-now.yml", *extra)
         backup, test = record(host, "backup"), record(host, "restore-test")
         destroy_database(host, project)
-        restore_wall = playbook(inv, "restore.yml", "-e", f"backup_restore_confirm={host}", *extra)
+        restore_wall = playbook(inv, "restore.yml", "-e", f"backup_restore_confirm={host}", "-e", f"app={project}",
+                                *extra)
         restored = record(host, "restore")
         back = {
             "rows": int(psql(host, "SELECT count(*) FROM bench_rows", project)),
@@ -139,18 +143,20 @@ def measure(
         if (back["rows"], back["checksum"]) != (data["rows"], data["checksum"]):
             sys.exit(f"bench: the restored table differs: {back} != {data}")
         psql(host, "DROP TABLE bench_rows", project)
-    files = backup["contents"]["files"]
-    repos = backup["repositories"]
+    # Each app has its own snapshot and restore test: the measured app's.
+    app = backup["apps"][project]
+    files = app["contents"]["files"]
+    repos = app["repositories"]
     return {
         "database_bytes": data["database_bytes"],
         "rows": data["rows"],
         "dump_bytes": files["postgres/database.dump"]["bytes"],
         "snapshot_bytes": repos["local"]["bytes"],
         "added_packed_bytes": {name: repo["added_packed_bytes"] for name, repo in repos.items()},
-        "pg_dump_seconds": backup["contents"]["postgres"]["seconds"],
+        "pg_dump_seconds": app["contents"]["postgres"]["seconds"],
         "backup_run_seconds": backup["seconds"],
         "backup_per_repository_seconds": {name: repo["duration"] for name, repo in repos.items()},
-        "restore_test_seconds": test["seconds"],
+        "restore_test_seconds": test["apps"][project]["seconds"],
         "backup_now_playbook_seconds": round(backup_wall, 1),
         "restore_run_seconds": restored["seconds"],
         "restore_database_seconds": restored["postgres"]["seconds"],

@@ -41,7 +41,7 @@ DEMO = ROOT / ".cache" / "demo"
 SECRETS = DEMO / "secrets.yml"
 
 
-SECRET_NAMES = ("app_stack_postgres_password", "app_stack_redis_password", "backup_password")
+SECRET_NAMES = ("demo_shop_secret_key", "backup_password")
 
 
 def secrets() -> Path:
@@ -82,26 +82,31 @@ def up() -> None:
     start = time.monotonic()
     playbook("site.yml", "-i", "inventories/local", *extra)
     log(f"site.yml took {time.monotonic() - start:.0f} s")
-    # The first release: records v1 (which the stack started) as the live release; changes nothing later.
-    log("first release")
-    playbook("playbooks/deploy.yml", "-i", "inventories/local", "-e", "app_version=v1")
+    # The first release of each app: records v1 (which the stack started) as its live release; changes
+    # nothing later.
+    for app in ("shop", "blog"):
+        log(f"first release of {app}")
+        playbook("playbooks/deploy.yml", "-i", "inventories/local", "-e", f"app={app}", "-e", "app_version=v1")
     log(f"demo up took {time.monotonic() - began:.0f} s in all")
     root = DEMO / "pebble-root.pem"
     root.write_text(output(["docker", "exec", HOST, "curl", "-sk", "https://127.0.0.1:15000/roots/0"]) + "\n")
     print(f"""
-The demo host {HOST} is provisioned: nginx serves the app over HTTPS with a certificate from Pebble.
-  the app:            curl --cacert {root.relative_to(ROOT)} --resolve berth.localhost:{HTTPS_PORT}:127.0.0.1 \\
-                        https://berth.localhost:{HTTPS_PORT}/version
+The demo host {HOST} is provisioned: nginx serves two apps over HTTPS with certificates from Pebble.
+  the apps:           curl --cacert {root.relative_to(ROOT)} --resolve shop.localhost:{HTTPS_PORT}:127.0.0.1 \\
+                        https://shop.localhost:{HTTPS_PORT}/version        (and blog.localhost)
+  queue a job:        curl --cacert {root.relative_to(ROOT)} --resolve shop.localhost:{HTTPS_PORT}:127.0.0.1 \\
+                        'https://shop.localhost:{HTTPS_PORT}/enqueue?id=1'  (the worker records it: /jobs)
   shell on it:        docker exec -it {HOST} bash
   SSH as the admin:   ssh -i .cache/demo/admin_ed25519 berth@$(docker inspect -f \\
                         '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' {HOST})
   run site.yml again: .venv/bin/ansible-playbook site.yml -i inventories/local {" ".join(extra[:2])} \\
                         -e '{extra[3]}'   (changes nothing)
-  deploy v2:          .venv/bin/ansible-playbook playbooks/deploy.yml -i inventories/local -e app_version=v2
-  roll back:          .venv/bin/ansible-playbook playbooks/rollback.yml -i inventories/local
+  deploy v2 of shop:  .venv/bin/ansible-playbook playbooks/deploy.yml -i inventories/local -e app=shop -e app_version=v2
+  roll it back:       .venv/bin/ansible-playbook playbooks/rollback.yml -i inventories/local -e app=shop
+  shop's summary job: docker exec {HOST} systemctl start berth-job-shop-summary   (its log: journalctl -u …)
   back up now:        .venv/bin/ansible-playbook playbooks/backup-now.yml -i inventories/local {" ".join(extra[:2])}
-  restore:            .venv/bin/ansible-playbook playbooks/restore.yml -i inventories/local {" ".join(extra[:2])} \\
-                        -e backup_restore_confirm={HOST}
+  restore shop:       .venv/bin/ansible-playbook playbooks/restore.yml -i inventories/local {" ".join(extra[:2])} \\
+                        -e app=shop -e backup_restore_confirm={HOST}
   tear it down:       scripts/demo.py down   (removes the host, its volumes and network)
   faster runs:        put ANSIBLE_STRATEGY=mitogen_linear before a command (Mitogen, docs/performance.md)
 """)

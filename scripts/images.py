@@ -139,6 +139,7 @@ KIT: dict[str, tuple[str, dict[str, str]]] = {
     "berth-demo-app:v1": ("tests/demo_app", {"APP_VERSION": "v1"}),
     "berth-demo-app:v2": ("tests/demo_app", {"APP_VERSION": "v2"}),
     "berth-demo-app:broken": ("tests/demo_app", {"APP_VERSION": "broken", "APP_BROKEN": "1"}),
+    "berth-demo-app:bad-migration": ("tests/demo_app", {"APP_VERSION": "bad-migration", "APP_MIGRATION_BROKEN": "1"}),
     "berth-standin/postgres:17": ("tests/images/postgres", {}),
     "berth-standin/redis:8": ("tests/images/redis", {}),
 }

@@ -43,7 +43,7 @@ class FillError(Exception):
 
 
 def marked(path: Path) -> list[tuple[str, ...]]:
-    """The key paths of the lines marked "# must set", e.g. ("app_stack_app_image",) or
+    """The key paths of the lines marked "# must set", e.g. ("berth_apps",) or
     ("all", "children", …, "app1.example.com", "ansible_host")."""
     found: list[tuple[str, ...]] = []
     stack: list[tuple[int, str]] = []

@@ -9,10 +9,12 @@ a good one nor a refused one: the messages name the variable and the rule.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_input_cases
+from conftest import ROOT, run_input_cases
 
 GOOD_PASSWORD = "bk-Good$secret#3/@:%z-restic"
 KNOWN_HOST = "backup.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -34,8 +36,13 @@ GOOD = {
     "backup_restore_test_schedule": "04:47",
     "backup_timeout_minutes": 360,
     "backup_staging_reserve_mb": 1024,
-    "backup_paths": ["/opt/app"],
-    "backup_volumes": [],
+    "backup_exclude": [],
+    "backup_volumes": ["shop_uploads", "blog-media"],
+    # The apps come from berth_apps (role berth_apps): each app's /opt/<app> is backed up.
+    "berth_apps": [
+        {"name": "shop", "image": "registry.example.com/shop:1.0"},
+        {"name": "blog", "image": "registry.example.com/blog:1.0", "redis": False},
+    ],
     "backup_restore_test_repository": "",
 }
 OFFSITE = {
@@ -68,7 +75,8 @@ SPOILT = {
     "negative retention": {"backup_keep_daily": -1},
     "no repository at all": {"backup_local_enabled": False},
     "relative repository path": {"backup_local_repository": "backups/restic"},
-    "repository inside the backed-up directory": {"backup_local_repository": "/opt/app/restic"},
+    "repository inside an app's directory": {"backup_local_repository": "/opt/blog/restic"},
+    "valid repository beside an app's directory": {"backup_local_repository": "/opt/blog-backups/restic"},
     "repository path blocked by a file": {"backup_local_repository": "/etc/hostname/restic"},
     "repository on a read-only file system": {"backup_local_repository": f"{READ_ONLY}/berth/restic"},
     "off-site without a host": OFFSITE | {"backup_offsite_sftp_host": ""},
@@ -86,8 +94,10 @@ SPOILT = {
     "restore-test schedule with a quote": {"backup_restore_test_schedule": "daily'"},
     "no time limit": {"backup_timeout_minutes": 0},
     "negative staging reserve": {"backup_staging_reserve_mb": -1},
-    "relative backup path": {"backup_paths": ["opt/app"]},
+    "exclude pattern with a line break": {"backup_exclude": ["*.tmp\n/etc"]},
     "bad volume name": {"backup_volumes": ["up loads"]},
+    "volume named after no app": {"backup_volumes": ["shop_uploads", "uploads"]},
+    "valid without apps": {"berth_apps": [], "backup_volumes": []},
     "restore test from a disabled repository": {"backup_restore_test_repository": "offsite"},
 }
 
@@ -122,7 +132,8 @@ def test_read_only_case_is_read_only() -> None:
         ("negative retention", "must be 0 or more"),
         ("no repository at all", "Enable backup_local_enabled, backup_offsite_enabled or both"),
         ("relative repository path", "must be an absolute, normalised path"),
-        ("repository inside the backed-up directory", "outside the directory it backs up"),
+        ("repository inside an app's directory", "outside the directories it backs up (the apps' /opt/shop, "
+         "/opt/blog; it is inside /opt/blog)"),
         ("repository path blocked by a file", "/etc/hostname is not a directory"),
         ("repository on a read-only file system", f"{READ_ONLY} is not writable"),
         ("off-site without a host", "backup_offsite_sftp_host must be the host name or address"),
@@ -136,11 +147,51 @@ def test_read_only_case_is_read_only() -> None:
         ("restore-test schedule with a quote", "backup_restore_test_schedule must be a systemd calendar expression"),
         ("no time limit", "backup_timeout_minutes must be above 0"),
         ("negative staging reserve", "backup_staging_reserve_mb must be 0 or more"),
-        ("relative backup path", "Each of backup_paths must be an absolute path"),
+        ("exclude pattern with a line break", "The patterns in backup_exclude may not contain control characters"),
         ("bad volume name", "must be a Docker volume name"),
+        ("volume named after no app", "must start with an app's name and _ or - (the apps: shop, blog), e.g. "
+         'shop_uploads; got [\\"uploads\\"]'),  # (the message as JSON: quotes escaped)
         ("restore test from a disabled repository", "which is not enabled"),
     ],
 )
 def test_bad_input_fails_with_a_clear_message(outcomes: dict[str, dict], case: str, says: str) -> None:
     assert outcomes[case]["failed"] is True
     assert says in outcomes[case]["msg"]
+
+
+RESTORE_PLAY = """
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    berth_apps:
+      - {name: shop, image: "registry.example.com/shop:1.0"}
+      - {name: blog, image: "registry.example.com/blog:1.0", redis: false}
+    backup_restore_confirm: localhost
+  tasks:
+    - ansible.builtin.include_role:
+        name: backup
+        tasks_from: restore
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ([], "Name the app to restore with -e app=NAME: this host has 2 apps (shop, blog)."),
+        (["-e", "app=news"], 'There is no app \\"news\\" on this host; its apps: shop, blog (-e app=NAME).'),
+        (["-e", "app=blog", "-e", '{"backup_restore_components": ["redis"]}'],
+         "App blog has none of the components asked for (redis): it has postgres, volumes, paths."),
+    ],
+)
+def test_restore_refuses_a_missing_or_unknown_app_before_any_change(tmp_path: Path, extra: list, says: str) -> None:
+    """playbooks/restore.yml's first checks (tasks/restore.yml), on the controller: they fail before the
+    task that would look for the program on the host."""
+    (tmp_path / "play.yml").write_text(RESTORE_PLAY)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_CACHE_PLUGIN="memory")
+    argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", "localhost,", str(tmp_path / "play.yml"),
+            "-e", f"ansible_python_interpreter={sys.executable}", *extra]  # fmt: skip
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert says in done.stdout
+    assert "Look for the backup program" not in done.stdout

@@ -31,9 +31,9 @@ from conftest import ROOT
 
 BIN = ROOT / ".venv" / "bin"
 ENVIRONMENTS = {
-    # environment: (the app host, its address, its site's domain)
-    "production": ("app1.example.com", "203.0.113.10", "example.com"),
-    "staging": ("app1.staging.example.com", "203.0.113.20", "staging.example.com"),
+    # environment: (the app host, its address, the first domain of its first app)
+    "production": ("app1.example.com", "203.0.113.10", "shop.example.com"),
+    "staging": ("app1.staging.example.com", "203.0.113.20", "shop.staging.example.com"),
 }
 HCLOUD = ROOT / "inventories" / "hcloud" / "hcloud.yml"
 DIGITALOCEAN = ROOT / "inventories" / "digitalocean" / "digitalocean.yml"
@@ -126,10 +126,12 @@ def test_static_inventory_variables(static: tuple[str, dict[str, Any]]) -> None:
     app = hostvars[host]
     assert app["ansible_host"] == address
     assert app["ansible_user"] == "{{ berth_ssh_user | default('deploy') }}"
-    assert app["nginx_sites"][0]["domain"] == domain
-    assert app["app_stack_app_image"] == "registry.example.com/team/app:1.0.0"
-    assert app["app_stack_app_env"]["APP_ENV"] == name
-    assert app["app_stack_postgres_password"] == "{{ vault_app_stack_postgres_password }}"
+    shop, blog = app["berth_apps"]
+    assert shop["domains"][0] == domain
+    assert (shop["name"], shop["image"]) == ("shop", "registry.example.com/team/shop:1.0.0")
+    assert shop["env"] == {"APP_ENV": name, "SECRET_KEY": "{{ vault_shop_secret_key }}"}
+    assert shop["workers"][0]["name"] == "default" and shop["jobs"][0]["name"] == "nightly-report"
+    assert (blog["name"], blog["redis"]) == ("blog", False)
     assert app["hardening_firewall_source_rules"][0]["port"] == 9100
     assert hostvars["prometheus.example.com"] == {"ansible_host": "198.51.100.20"}
 
@@ -230,7 +232,7 @@ def test_the_fixture_fills_exactly_the_marked_lines(tmp_path: Path) -> None:
     inventory = inventory_list(dest, ANSIBLE_VAULT_PASSWORD_FILE=str(password))
     app = inventory["_meta"]["hostvars"]["app1.example.com"]
     assert app["ansible_host"] == "127.0.0.1"
-    assert app["nginx_sites"] == [{"domain": "shop.test", "aliases": ["www.shop.test"]}]
+    assert [a["domains"] for a in app["berth_apps"]] == [["shop.test", "www.shop.test"], ["blog.test"]]
     assert app["app_stack_image_archives"] == [str(tmp_path / "kit.tar.gz")]
     assert app["vault_backup_password"] == fixture["vault"]["vault_backup_password"]
     assert (dest / "group_vars" / "berth" / "vault.yml").read_text().startswith("$ANSIBLE_VAULT;")

@@ -50,7 +50,7 @@ def test_the_filled_example_passes_every_check_of_the_settings(filled: tuple[Pat
     assert outcome.returncode == 4, outcome.output[-3000:]  # 4: a host was unreachable
     assert "UNREACHABLE" in outcome.output
     assert "Check what the settings ask of each host" in outcome.output
-    assert outcome.recap()["app1.example.com"] == {"ok": 24, "changed": 0, "unreachable": 1}, outcome.output[-3000:]
+    assert outcome.recap()["app1.example.com"] == {"ok": 32, "changed": 0, "unreachable": 1}, outcome.output[-3000:]
 
 
 @pytest.mark.parametrize("case", INPUT_CASES, ids=lambda case: case.name)

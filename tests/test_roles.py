@@ -36,7 +36,8 @@ def test_variables_are_prefixed_and_documented(role: Path) -> None:
     for index, line in enumerate(lines):
         if line and not line[0].isspace() and not line.startswith(("#", "---")):
             name = line.split(":", 1)[0]
-            assert name.startswith(f"{role.name}_"), f"{name} lacks the prefix {role.name}_"
+            # (berth_apps: the role's one variable is named as the role)
+            assert name == role.name or name.startswith(f"{role.name}_"), f"{name} lacks the prefix {role.name}_"
             assert lines[index - 1].startswith("#"), f"{name} has no comment line above it"
     for name, option in spec_options(role).items():
         assert option.get("description"), f"{name} has no description in argument_specs"
@@ -91,22 +92,25 @@ def load_list(path: Path) -> list[dict]:
 # --- The preflight (playbooks/preflight.yml): every layer's checks before any change -------------
 
 LAYER_ROLES = [
-    play["roles"][0]["role"]
+    role["role"]
     for name in ("base", "harden", "docker", "stack", "edge", "backup", "monitoring")
     for play in load_list(ROOT / "playbooks" / "layers" / f"{name}.yml")
+    for role in play["roles"]
 ]
+# The description of the apps (roles/berth_apps) is checked first: several layers read it.
+PREFLIGHT_ROLES = ["berth_apps", *LAYER_ROLES]
 
 
 def test_the_preflight_checks_every_layer_in_order() -> None:
     plays = load_list(ROOT / "playbooks" / "preflight.yml")
     tasks = [task for play in plays for task in play["tasks"] for task in task.get("block", [task])]
     loops = [task["loop"] for task in tasks if "ansible.builtin.include_role" in task]
-    assert loops and all(loop == LAYER_ROLES for loop in loops)
+    assert loops and all(loop == PREFLIGHT_ROLES for loop in loops)
     site = load_list(ROOT / "site.yml")
     assert site[0]["ansible.builtin.import_playbook"] == "playbooks/preflight.yml"
 
 
-@pytest.mark.parametrize("role", LAYER_ROLES)
+@pytest.mark.parametrize("role", PREFLIGHT_ROLES)
 def test_a_layer_role_has_check_entry_points_with_its_options(role: str) -> None:
     # The same options as main (the file aliases them), so that the preflight validates the same way.
     specs = load(ROOT / "roles" / role / "meta" / "argument_specs.yml")["argument_specs"]

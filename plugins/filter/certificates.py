@@ -1,6 +1,6 @@
 """Jinja filter `berth_certs_to_request`: the sites whose certificate must be requested.
 
-    {{ nginx_sites | berth_certs_to_request(__nginx_cert_info.results | default([]), nginx_acme_key_type) }}
+    {{ __nginx_cert_sites | berth_certs_to_request(__nginx_cert_info.results | default([]), nginx_acme_key_type) }}
 
 `infos` are the loop results of community.crypto.x509_certificate_info over the certificates present
 (each result's `item` is the certificate's name, the site's domain). A site needs a certificate when

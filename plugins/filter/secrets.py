@@ -1,7 +1,7 @@
 """Jinja filter `berth_secret_problems`: what is wrong with secrets, by name and rule, never by value.
 
     {{ {'backup_password': backup_password} | berth_secret_problems(min_length=20, min_unique=8) }}
-    {{ app_stack_app_env | berth_secret_problems(prefix='app_stack_app_env.', forbidden="'") }}
+    {{ backup_offsite_env | berth_secret_problems(prefix='backup_offsite_env.', forbidden="'") }}
 
 It takes a mapping of names to values and returns one sentence per broken rule, naming the variable
 and the rule ("backup_password is shorter than 20 characters"). An assert on its result can show its

@@ -7,6 +7,10 @@ not): a reset, a timeout or a non-2xx answer counts as a failure, and the next r
 connection. Every answer's "version" (the demo app's /version) is recorded with its time.
 
     keepalive.py --host release.test --path /version --connections 4 --rate 40 --duration 120 --out F
+    keepalive.py --host shop.test --path '/enqueue?id=deploy-{n}' --connections 1 --rate 10 --out F
+
+A "{n}" in --path is replaced by a number unique to each request (0, 1, 2, … over all connections), so
+each request can name its own job; "ok" then counts the jobs the app accepted.
 
 Stops after --duration seconds or on SIGINT/SIGTERM, then writes a JSON summary to --out:
 {"sent", "ok", "failed", "errors": {kind: n}, "versions": {v: n}, "first_seen": {v: epoch},
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import signal
 import ssl
@@ -66,6 +71,19 @@ def ask(conn: http.client.HTTPSConnection, path: str) -> tuple[str | None, str |
         return "", None
 
 
+NUMBERS = itertools.count()
+NUMBERS_LOCK = threading.Lock()
+
+
+def next_path(template: str) -> str:
+    """The path of the next request: the template with "{n}" replaced by a number never used before."""
+    if "{n}" not in template:
+        return template
+    with NUMBERS_LOCK:
+        number = next(NUMBERS)
+    return template.replace("{n}", str(number))
+
+
 def worker(host: str, path: str, interval: float, tally: Tally, changes: list[tuple[float, str]]) -> None:
     context = ssl.create_default_context()
     context.check_hostname = False
@@ -74,7 +92,7 @@ def worker(host: str, path: str, interval: float, tally: Tally, changes: list[tu
     last = None
     next_at = time.monotonic()
     while not STOP.is_set():
-        version, error = ask(conn, path)
+        version, error = ask(conn, next_path(path))
         tally.record(version, error)
         if version is not None and version != last:
             changes.append((time.time(), version))
@@ -87,7 +105,7 @@ def worker(host: str, path: str, interval: float, tally: Tally, changes: list[tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", required=True)
-    parser.add_argument("--path", default="/version")
+    parser.add_argument("--path", default="/version", help='path; "{n}" becomes a number unique per request')
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--rate", type=float, default=40.0, help="requests per second, all connections")
     parser.add_argument("--duration", type=float, default=120.0)

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -20,10 +21,15 @@ import yaml
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 HOST, PROBE = "berth-site-trixie", "berth-site-probe"
-SITE = "shop.test"
+SITE, BLOG = "shop.test", "blog.test"
+PROJECT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(PROJECT / "plugins" / "filter"))
+from apps import derived_port  # noqa: E402 - the project's filter, for the apps' colour ports
+
 # The well-known ports and the usual suspects of a Docker host (Docker's API, databases, caches, the
-# app's colours, metrics, Pebble).
-PORTS = "1-1024,2375,2376,3000,5432,6379,8000,8001,8002,9090,9100,14000,15000"
+# apps' colours, metrics, Pebble).
+COLOURS = [derived_port(app) + colour for app in ("shop", "blog") for colour in (0, 1)]
+PORTS = ",".join(["1-1024,2375,2376,3000,5432,6379,8000,8001,8002,9090,9100,14000,15000", *map(str, COLOURS)])
 
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 ADMIN_KEY = EPHEMERAL / "admin_ed25519"
@@ -31,7 +37,6 @@ ADMIN_KEY = EPHEMERAL / "admin_ed25519"
 USER_INVENTORY = EPHEMERAL / "mysite"
 VAULT_PASSWORD = EPHEMERAL / "vault-password"
 APP_HOST, ADMIN = "app1.example.com", "deploy"
-PROJECT = Path(__file__).resolve().parents[3]
 
 testinfra_hosts = [PROBE]
 
@@ -69,8 +74,8 @@ def pebble_root(host, target) -> str:
     return "/tmp/pebble-root.pem"
 
 
-def https(host, address: str, path: str, root: str) -> str:
-    return host.check_output(f"curl -sS --fail --cacert {root} --resolve {SITE}:443:{address} https://{SITE}{path}")
+def https(host, address: str, path: str, root: str, site: str = SITE) -> str:
+    return host.check_output(f"curl -sS --fail --cacert {root} --resolve {site}:443:{address} https://{site}{path}")
 
 
 def ssh(user: str, address: str) -> subprocess.CompletedProcess:
@@ -99,28 +104,56 @@ def test_only_ssh_http_and_https_are_open_to_the_world(host, address, stranger):
     assert {int(port) for port, state in states.items() if state == "open"} == {22, 80, 443}, line
 
 
-def test_the_site_is_served_over_https_with_a_certificate_from_the_acme_server(host, address, pebble_root):
-    # curl verifies the chain against Pebble's root and the name shop.test.
-    assert json.loads(https(host, address, "/version", pebble_root)) == {"version": "v1", "colour": "blue"}
-    issuer = host.check_output(
-        f"echo | openssl s_client -connect {address}:443 -servername {SITE} 2>/dev/null | openssl x509 -noout -issuer"
+@pytest.mark.parametrize("site", [SITE, BLOG])
+def test_each_app_is_served_over_https_with_its_certificate_from_the_acme_server(host, address, pebble_root, site):
+    # curl verifies the chain against Pebble's root and the app's name.
+    assert json.loads(https(host, address, "/version", pebble_root, site)) == {"version": "v1", "colour": "blue"}
+    names = host.check_output(
+        f"echo | openssl s_client -connect {address}:443 -servername {site} 2>/dev/null "
+        "| openssl x509 -noout -issuer -ext subjectAltName"
     )
-    assert "Pebble" in issuer
+    assert "Pebble" in names
+    # One certificate per app, for the app's domains only.
+    assert ("DNS:www.shop.test" in names) == (site == SITE) and ("DNS:blog.test" in names) == (site == BLOG)
     redirect = host.check_output(
-        f"curl -sS -o /dev/null -w '%{{http_code}} %{{redirect_url}}' -H 'Host: {SITE}' http://{address}/"
+        f"curl -sS -o /dev/null -w '%{{http_code}} %{{redirect_url}}' -H 'Host: {site}' http://{address}/"
     )
-    assert redirect == f"301 https://{SITE}/"
+    assert redirect == f"301 https://{site}/"
 
 
-def test_the_app_is_wired_to_postgresql_and_redis(host, address, pebble_root):
+def test_each_app_is_wired_to_its_own_postgresql_and_redis(host, address, pebble_root):
     first = json.loads(https(host, address, "/visit", pebble_root))
     second = json.loads(https(host, address, "/visit", pebble_root))
     assert second["db_rows"] == first["db_rows"] + 1
     assert second["redis_count"] == first["redis_count"] + 1
+    # blog has its own database (its rows do not move with shop's) and no Redis.
+    blog = json.loads(https(host, address, "/visit", pebble_root, BLOG))
+    assert blog["redis_count"] is None
+    assert json.loads(https(host, address, "/stats", pebble_root))["db_rows"] == second["db_rows"]
 
 
-def test_the_first_release_is_recorded(target):
-    state = json.loads(target.check_output("cat /var/lib/berth/release.json"))
+def test_the_worker_processes_what_the_web_queues(host, address, pebble_root):
+    before = json.loads(https(host, address, "/jobs", pebble_root))["processed"]
+    for number in range(5):
+        https(host, address, f"/enqueue?id=site-{number}", pebble_root)
+    for _ in range(30):
+        jobs = json.loads(https(host, address, "/jobs", pebble_root))
+        if jobs["processed"] >= before + 5:
+            break
+        time.sleep(1)
+    assert (jobs["processed"], jobs["distinct"], jobs["queued"]) == (before + 5, before + 5, 0)
+
+
+def test_the_scheduled_job_runs_the_live_image(target):
+    assert target.check_output("systemctl is-enabled berth-job-shop-summary.timer") == "enabled"
+    target.check_output("systemctl start berth-job-shop-summary.service")
+    summary = target.check_output("journalctl -u berth-job-shop-summary.service --no-pager -o cat")
+    assert '"version": "v1"' in summary
+
+
+@pytest.mark.parametrize("app", ["shop", "blog"])
+def test_the_first_release_of_each_app_is_recorded(target, app):
+    state = json.loads(target.check_output(f"cat /var/lib/berth/apps/{app}/release.json"))
     assert (state["live"]["version"], state["live"]["colour"]) == ("v1", "blue")
 
 
@@ -143,8 +176,10 @@ def test_a_backup_is_produced_and_listed_by_restic(target, backup_run):
 
 def test_the_monitoring_server_scrapes_the_metrics(host, address, backup_run):
     metrics = host.check_output(f"curl -sS --fail http://{address}:9100/metrics")
-    assert 'berth_release_info{app="app",colour="blue",version="v1"} 1' in metrics
-    assert re.search(r'berth_backup_last_run_success\{repository="[^"]+"\} 1', metrics)
+    assert 'berth_release_info{app="shop",colour="blue",version="v1"} 1' in metrics
+    assert 'berth_release_info{app="blog",colour="blue",version="v1"} 1' in metrics
+    for app in ("shop", "blog"):
+        assert re.search(rf'berth_backup_last_run_success\{{app="{app}",repository="[^"]+"\}} 1', metrics)
     assert re.search(r'berth_tls_certificate_not_after_timestamp_seconds\{domain="shop.test"\} \d', metrics)
     assert "node_filesystem_avail_bytes" in metrics
 
@@ -168,7 +203,7 @@ def ci_run(artifacts: Path, playbook: str, *extra: str) -> subprocess.CompletedP
 def test_ci_entry_runs_a_deploy_for_real(tmp_path):
     # scripts/ci_run.py through ansible-runner: deploy.yml of the live version (a real run that finds
     # nothing to switch), with progress lines, a summary and JUnit XML.
-    done = ci_run(tmp_path, "playbooks/deploy.yml", "-e", "app_version=v1")
+    done = ci_run(tmp_path, "playbooks/deploy.yml", "-e", "app=shop", "-e", "app_version=v1")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert APP_HOST in done.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -180,7 +215,7 @@ def test_ci_entry_runs_a_deploy_for_real(tmp_path):
 
 def test_ci_entry_fails_a_bad_rollback_and_masks_the_secret(tmp_path):
     # The version asked for is the secret: the role's failure message names it, ci_run must mask it.
-    done = ci_run(tmp_path, "playbooks/rollback.yml", "-e", f"app_version={SECRET}")
+    done = ci_run(tmp_path, "playbooks/rollback.yml", "-e", "app=shop", "-e", f"app_version={SECRET}")
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "******** is not a retained release" in summary["failures"][0]["message"]

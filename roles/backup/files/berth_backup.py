@@ -1,23 +1,32 @@
 #!/usr/bin/python3
-"""berth-backup: back up, test-restore and restore a berth host's compose stack with restic.
+"""berth-backup: back up, test-restore and restore the apps of a berth host with restic.
 
 Installed by the berth `backup` role as /usr/local/sbin/berth-backup and configured by
-/etc/berth/backup/config.json (written by the role). Python standard library only; it drives
-`docker` and `restic`.
+/etc/berth/backup/config.json (written by the role from berth_apps). Python standard library only;
+it drives `docker` and `restic`.
+
+Each app (its own compose project /opt/<app>) gets its own restic snapshot per run, tagged `berth`
+and `app=<app>`: restores, the restore test and retention (restic forget groups by host and tags)
+then work per app, and a failed app never holds back another app's backup.
 
     berth-backup run [--print-record]
-        The scheduled backup: a check that the dumps fit in the staging directory with
-        backup_staging_reserve_mb left free (else nothing is written); pg_dump of the running
-        PostgreSQL container (custom format, one exported snapshot for the dump and the row
-        counts/checksums), a fresh Redis RDB, the configured volumes and paths -> `restic backup`
-        to every repository, then forget/prune and check. Writes a record, the state and the
-        node_exporter metrics. Within 3 minutes of boot it first waits for PostgreSQL and Redis.
-    berth-backup verify [--repository NAME] [--snapshot ID] [--print-record]
-        Restore test: the snapshot's dump into a scratch PostgreSQL container (no network) and its
-        RDB into a scratch Redis; row counts and checksums must equal the ones in the manifest.
-    berth-backup restore --components postgres,redis,volumes[,paths] [--repository NAME] [--snapshot ID]
-        Restore into the live stack. The app's own services must be stopped (restore.yml does it).
-    berth-backup snapshots [--repository NAME]      the snapshots of a repository (JSON)
+        The scheduled backup, app after app: a check that the app's dumps fit in the staging
+        directory with backup_staging_reserve_mb left free (else nothing of that app is written);
+        pg_dump of its running PostgreSQL container (custom format, one exported snapshot for the
+        dump and the row counts/checksums), a fresh Redis RDB, its volumes and paths -> `restic
+        backup` to every repository; then forget/prune and check once per repository. One app's
+        failure fails the run but not the other apps. Writes a record, the state and the
+        node_exporter metrics (per app and repository). Within 3 minutes of boot it first waits
+        for the apps' PostgreSQL and Redis.
+    berth-backup verify [--app NAME] [--repository NAME] [--snapshot ID] [--print-record]
+        Restore test of every app (or one): its latest snapshot's dump into a scratch PostgreSQL
+        container (no network) and its RDB into a scratch Redis; row counts and checksums must equal
+        the ones in the manifest. One result per app.
+    berth-backup restore --app NAME --components postgres,redis,volumes[,paths] [--repository NAME]
+                         [--snapshot ID]
+        Restore one app's snapshot into its live stack. The app's own services must be stopped
+        (restore.yml does it). --app may be left out when there is one app.
+    berth-backup snapshots [--repository NAME] [--app NAME]   the snapshots of a repository (JSON)
     berth-backup init [--dry-run]                   create missing repositories (JSON: name -> state)
     berth-backup restic NAME [RESTIC ARGS...]       run restic against a configured repository
     berth-backup unit-failed UNIT                   OnFailure= of the units: record a run that could not
@@ -89,14 +98,53 @@ class Repository:
 
 
 @dataclass(frozen=True)
-class Config:
+class App:
+    """One app of berth_apps: its compose project, data services and files (the role derives them)."""
+
+    name: str
     project: str
-    host: str
     postgres_service: str | None
     redis_service: str | None
     paths: tuple[str, ...]
     exclude: tuple[str, ...]
     volumes: tuple[str, ...]
+
+    @property
+    def tag(self) -> str:
+        """The restic tag of the app's snapshots (besides TAG)."""
+        return f"app={self.name}"
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> App:
+        return cls(
+            name=data["name"],
+            project=data.get("project") or data["name"],
+            postgres_service=data.get("postgres_service"),
+            redis_service=data.get("redis_service"),
+            paths=tuple(data.get("paths", [])),
+            exclude=tuple(data.get("exclude", [])),
+            volumes=tuple(data.get("volumes", [])),
+        )
+
+
+def choose_app(apps: tuple[App, ...], name: str | None) -> App:
+    """The app called name; with no name, the only app (several apps need a name)."""
+    names = ", ".join(app.name for app in apps) or "none"
+    if not name:
+        if len(apps) == 1:
+            return apps[0]
+        raise BackupError(f"name the app (--app NAME): this host has several apps ({names})" if apps
+                          else "this host has no app to back up or restore (berth_apps is empty)")
+    for app in apps:
+        if app.name == name:
+            return app
+    raise BackupError(f"no app named {name!r} on this host (its apps: {names})")
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str
+    apps: tuple[App, ...]
     repositories: tuple[Repository, ...]
     password_file: str
     keep: dict[str, int]
@@ -118,13 +166,8 @@ class Config:
             for r in data["repositories"]
         )
         return cls(
-            project=data["project"],
             host=data["host"],
-            postgres_service=data.get("postgres_service"),
-            redis_service=data.get("redis_service"),
-            paths=tuple(data.get("paths", [])),
-            exclude=tuple(data.get("exclude", [])),
-            volumes=tuple(data.get("volumes", [])),
+            apps=tuple(App.load(app) for app in data.get("apps", [])),
             repositories=repos,
             password_file=data["password_file"],
             keep={k: int(v) for k, v in data["keep"].items()},
@@ -268,8 +311,8 @@ def wait_until(what: str, timeout: float, probe: Any, interval: float = 0.5) -> 
 # --- docker --------------------------------------------------------------------------------------
 
 
-def project_containers(cfg: Config, service: str | None = None, *, running: bool = True) -> list[str]:
-    argv = ["docker", "ps", "-q", "--no-trunc", "--filter", f"label=com.docker.compose.project={cfg.project}"]
+def project_containers(app: App, service: str | None = None, *, running: bool = True) -> list[str]:
+    argv = ["docker", "ps", "-q", "--no-trunc", "--filter", f"label=com.docker.compose.project={app.project}"]
     if service:
         argv += ["--filter", f"label=com.docker.compose.service={service}"]
     if not running:
@@ -277,17 +320,17 @@ def project_containers(cfg: Config, service: str | None = None, *, running: bool
     return out(argv, "docker ps").split()
 
 
-def service_container(cfg: Config, service: str, *, running: bool = True) -> str:
-    found = project_containers(cfg, service, running=running)
+def service_container(app: App, service: str, *, running: bool = True) -> str:
+    found = project_containers(app, service, running=running)
     if not found:
         state = "running" if running else "present"
-        raise BackupError(f"service {service} of compose project {cfg.project} is not {state}")
+        raise BackupError(f"service {service} of compose project {app.project} is not {state}")
     return found[0]
 
 
-def running_services(cfg: Config) -> set[str]:
+def running_services(app: App) -> set[str]:
     fmt = '{{.Label "com.docker.compose.service"}}'
-    argv = ["docker", "ps", "--format", fmt, "--filter", f"label=com.docker.compose.project={cfg.project}"]
+    argv = ["docker", "ps", "--format", fmt, "--filter", f"label=com.docker.compose.project={app.project}"]
     return set(out(argv, "docker ps").split())
 
 
@@ -405,10 +448,10 @@ def wait_postgres(container: str, user: str, database: str, timeout: float) -> N
     )
 
 
-def dump_postgres(cfg: Config, staging: Path) -> dict[str, Any]:
-    assert cfg.postgres_service
+def dump_postgres(app: App, staging: Path) -> dict[str, Any]:
+    assert app.postgres_service
     started = time.monotonic()
-    container = service_container(cfg, cfg.postgres_service)
+    container = service_container(app, app.postgres_service)
     user, database = postgres_identity(container)
     run(["docker", "exec", container, "pg_isready", "-q", "-U", user, "-d", database], "PostgreSQL: pg_isready")
     target = staging / "postgres"
@@ -432,7 +475,7 @@ def dump_postgres(cfg: Config, staging: Path) -> dict[str, Any]:
         run(["docker", "exec", container, "pg_dumpall", "--globals-only", "-U", user, "-l", database],
             "pg_dumpall --globals-only", stdout=handle)
     return {
-        "service": cfg.postgres_service,
+        "service": app.postgres_service,
         "image": inspect(container)["Config"]["Image"],
         "user": user,
         "database": database,
@@ -526,10 +569,10 @@ def redis_ping(container: str) -> bool:
     return proc.returncode == 0 and proc.stdout.strip() == b"PONG"
 
 
-def save_redis(cfg: Config, staging: Path) -> dict[str, Any]:
-    assert cfg.redis_service
+def save_redis(cfg: Config, app: App, staging: Path) -> dict[str, Any]:
+    assert app.redis_service
     started = time.monotonic()
-    container = service_container(cfg, cfg.redis_service)
+    container = service_container(app, app.redis_service)
     directory, filename = redis_config(container, "dir"), redis_config(container, "dbfilename")
     before = redis_info(container, "persistence")
     keys_before = redis_keys(container)
@@ -550,7 +593,7 @@ def save_redis(cfg: Config, staging: Path) -> dict[str, Any]:
     target.mkdir(mode=0o700)
     run(["docker", "cp", f"{container}:{directory}/{filename}", str(target / "dump.rdb")], "docker cp of the RDB")
     return {
-        "service": cfg.redis_service,
+        "service": app.redis_service,
         "image": inspect(container)["Config"]["Image"],
         "dir": directory,
         "dbfilename": filename,
@@ -591,19 +634,19 @@ def volume_mountpoint(name: str) -> Path | None:
     return Path(proc.stdout.decode().strip()) if proc.returncode == 0 else None
 
 
-def collect_files(cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def collect_files(app: App) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes = []
-    for name in cfg.volumes:
+    for name in app.volumes:
         path = volume_mountpoint(name)
         if path is None:
             raise BackupError(f"docker volume {name} (backup_volumes) does not exist")
         files, size = tree_size(path)
         volumes.append({"name": name, "path": str(path), "files": files, "bytes": size})
     paths = []
-    for name in cfg.paths:
+    for name in app.paths:
         path = Path(name)
         if not path.exists():
-            raise BackupError(f"path {name} (backup_paths) does not exist")
+            raise BackupError(f"path {name} of app {app.name} does not exist")
         files, size = tree_size(path)
         paths.append({"path": name, "files": files, "bytes": size})
     return volumes, paths
@@ -652,10 +695,20 @@ def keep_arguments(keep: dict[str, int]) -> list[str]:
     return args
 
 
-def forget(cfg: Config, repo: Repository) -> dict[str, Any]:
+def forget_arguments(apps: list[App], keep: dict[str, int]) -> list[str]:
+    """restic forget's selection: the snapshots of these apps only (each --tag is one app's pair of tags;
+    restic takes any of them), each app a group of its own (host and tags), with the retention."""
+    if not apps:
+        raise BackupError("no app to forget snapshots of")
+    tags = [part for app in apps for part in ("--tag", f"{TAG},{app.tag}")]
+    return [*tags, "--group-by", "host,tags", *keep_arguments(keep)]
+
+
+def forget(cfg: Config, repo: Repository, apps: list[App]) -> dict[str, Any]:
+    """Retention over the snapshots of the apps just backed up to this repository (never another app's)."""
     proc = restic(
-        cfg, repo, "forget", "--json", "--retry-lock", "5m", "--tag", TAG, "--host", cfg.host,
-        "--group-by", "host,tags", *keep_arguments(cfg.keep), what="restic forget",
+        cfg, repo, "forget", "--json", "--retry-lock", "5m", "--host", cfg.host, *forget_arguments(apps, cfg.keep),
+        what="restic forget",
     )
     groups = json.loads(proc.stdout or b"[]") or []
     kept = [s["short_id"] for g in groups for s in g.get("keep") or []]
@@ -665,33 +718,44 @@ def forget(cfg: Config, repo: Repository) -> dict[str, Any]:
     return {"kept": kept, "removed": removed, "pruned": bool(removed and cfg.prune)}
 
 
-def backup_to(cfg: Config, repo: Repository, sources: list[str]) -> dict[str, Any]:
-    started = time.monotonic()
+def unlock(cfg: Config, repo: Repository) -> None:
     # A run that systemd stopped at its time limit (or that was killed) leaves restic's lock behind, and
     # forget/prune would wait for it. This run holds berth-backup's own lock, so no other run of this host
     # uses the repository: `restic unlock` removes just such locks (of processes no longer running on this
     # host, or older than 30 minutes), never a live one.
     restic(cfg, repo, "unlock", what="restic unlock (stale locks)")
-    excludes = [part for pattern in cfg.exclude for part in ("--exclude", pattern)]
+
+
+def backup_to(cfg: Config, repo: Repository, app: App, sources: list[str]) -> dict[str, Any]:
+    """One app's snapshot in one repository."""
+    started = time.monotonic()
+    excludes = [part for pattern in app.exclude for part in ("--exclude", pattern)]
     proc = restic(
-        cfg, repo, "backup", "--json", "--retry-lock", "5m", "--tag", TAG, "--host", cfg.host, *excludes, *sources,
-        what="restic backup", check=False,
+        cfg, repo, "backup", "--json", "--retry-lock", "5m", "--tag", f"{TAG},{app.tag}", "--host", cfg.host,
+        *excludes, *sources, what=f"restic backup of {app.name}", check=False,
     )
     summary = backup_summary(proc.stdout)
     if proc.returncode == 3 and summary:
         # Some source files could not be read: that snapshot is incomplete and must not count as a backup.
         restic(cfg, repo, "forget", summary["snapshot_id"], what="restic forget of the incomplete snapshot")
-        raise BackupError(f"restic backup ({repo.name}) could not read every file: {tail(proc.stderr)}")
+        raise BackupError(f"restic backup of {app.name} ({repo.name}) could not read every file: {tail(proc.stderr)}")
     if proc.returncode != 0 or not summary:
-        raise BackupError(f"restic backup ({repo.name}) failed (exit {proc.returncode}): {tail(proc.stderr)}")
-    result = {
+        raise BackupError(f"restic backup of {app.name} ({repo.name}) failed (exit {proc.returncode}): "
+                          f"{tail(proc.stderr)}")
+    return {
         "snapshot_id": summary["snapshot_id"],
         "bytes": summary["total_bytes_processed"],
         "files": summary["total_files_processed"],
         "added_bytes": summary["data_added"],
         "added_packed_bytes": summary.get("data_added_packed"),
+        "seconds": round(time.monotonic() - started, 3),
     }
-    result["forget"] = forget(cfg, repo)
+
+
+def maintain(cfg: Config, repo: Repository, apps: list[App]) -> dict[str, Any]:
+    """After the apps' backups: retention over those apps' snapshots, then restic check."""
+    started = time.monotonic()
+    result: dict[str, Any] = {"forget": forget(cfg, repo, apps)}
     if cfg.check:
         extra = [f"--read-data-subset={cfg.check_read_data_subset}"] if cfg.check_read_data_subset else []
         restic(cfg, repo, "check", "--retry-lock", "5m", *extra, what="restic check")
@@ -700,21 +764,36 @@ def backup_to(cfg: Config, repo: Repository, sources: list[str]) -> dict[str, An
     return result
 
 
-def snapshot_list(cfg: Config, repo: Repository, *selector: str) -> list[dict[str, Any]]:
-    proc = restic(cfg, repo, "snapshots", "--json", "--no-lock", "--tag", TAG, *selector, what="restic snapshots")
+def snapshot_list(cfg: Config, repo: Repository, app: App | None = None, *selector: str) -> list[dict[str, Any]]:
+    """berth's snapshots in a repository: every app's, or one app's."""
+    tag = f"{TAG},{app.tag}" if app else TAG
+    proc = restic(cfg, repo, "snapshots", "--json", "--no-lock", "--tag", tag, *selector, what="restic snapshots")
     return json.loads(proc.stdout or b"[]") or []
 
 
-def resolve_snapshot(cfg: Config, repo: Repository, wanted: str) -> dict[str, Any]:
+def snapshot_app(snapshot: dict[str, Any]) -> str | None:
+    """The app a snapshot was made for (its app= tag), or None (made before berth backed up per app)."""
+    for tag in snapshot.get("tags") or []:
+        if tag.startswith("app="):
+            return tag[len("app="):]
+    return None
+
+
+def resolve_snapshot(cfg: Config, repo: Repository, app: App, wanted: str) -> dict[str, Any]:
+    """The app's latest snapshot of this host, or the one with this ID, which must be the app's."""
     if wanted == "latest":
-        found = snapshot_list(cfg, repo, "--host", cfg.host)
+        found = snapshot_list(cfg, repo, app, "--host", cfg.host)
     else:
         found = [s for s in snapshot_list(cfg, repo) if s["id"].startswith(wanted) or s["short_id"] == wanted]
     if not found:
-        raise BackupError(f"no snapshot {wanted!r} of host {cfg.host} in repository {repo.name}")
+        raise BackupError(f"no snapshot {wanted!r} of app {app.name} of host {cfg.host} in repository {repo.name}")
     if len({s["id"] for s in found}) > 1 and wanted != "latest":
         raise BackupError(f"snapshot {wanted!r} is ambiguous in repository {repo.name}")
-    return max(found, key=lambda s: s["time"])
+    snapshot = max(found, key=lambda s: s["time"])
+    if snapshot_app(snapshot) != app.name:
+        raise BackupError(f"snapshot {snapshot['short_id']} is not one of app {app.name} "
+                          f"(it is of {snapshot_app(snapshot) or 'no app'})")
+    return snapshot
 
 
 def fetch(cfg: Config, repo: Repository, snapshot: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -738,8 +817,7 @@ def fetch(cfg: Config, repo: Repository, snapshot: dict[str, Any], work: Path) -
 
 def new_record(kind: str, cfg: Config) -> dict[str, Any]:
     started = time.time()
-    return {"kind": kind, "host": cfg.host, "project": cfg.project, "started": now_iso(started),
-            "started_ts": started, "status": "running"}
+    return {"kind": kind, "host": cfg.host, "started": now_iso(started), "started_ts": started, "status": "running"}
 
 
 def finish_record(record: dict[str, Any], failure: str | None) -> None:
@@ -762,16 +840,19 @@ def save_record(cfg: Config, record: dict[str, Any]) -> Path:
 
 
 def update_state(state: dict[str, Any], section: str, record: dict[str, Any]) -> dict[str, Any]:
-    """Fold a finished run into the state: a failure never moves a repository's last success."""
-    entries = state.setdefault(section, {})
-    for name, result in record.get("repositories", {}).items():
-        entry = entries.setdefault(name, {"last_success": 0, "size": 0})
-        ok = result.get("status") == "ok"
-        entry.update(last_run=record["finished_ts"], last_run_success=ok,
-                     duration=result.get("duration", record["seconds"]))
-        if ok:
-            entry.update(last_success=record["finished_ts"], size=result.get("bytes", entry["size"]),
-                         snapshot=result.get("snapshot_id", entry.get("snapshot")))
+    """Fold a finished run into the state (section -> app -> repository): a failure never moves an app's
+    last success in a repository."""
+    apps = state.setdefault(section, {})
+    for app, app_result in record.get("apps", {}).items():
+        entries = apps.setdefault(app, {})
+        for name, result in app_result.get("repositories", {}).items():
+            entry = entries.setdefault(name, {"last_success": 0, "size": 0})
+            ok = result.get("status") == "ok"
+            entry.update(last_run=record["finished_ts"], last_run_success=ok,
+                         duration=result.get("duration", record["seconds"]))
+            if ok:
+                entry.update(last_success=record["finished_ts"], size=result.get("bytes", entry["size"]),
+                             snapshot=result.get("snapshot_id", entry.get("snapshot")))
     return state
 
 
@@ -779,33 +860,37 @@ METRICS = {
     "backup": (
         "berth_backup",
         [
-            ("last_success_timestamp_seconds", "last_success", "Unix time of the last successful backup run."),
-            ("last_run_success", "last_run_success", "1 if the last backup run succeeded, else 0."),
-            ("duration_seconds", "duration", "Seconds the last backup run took (dumps and this repository)."),
-            ("size_bytes", "size", "Bytes in the last successful snapshot (before deduplication)."),
+            ("last_success_timestamp_seconds", "last_success", "Unix time of the app's last successful backup."),
+            ("last_run_success", "last_run_success", "1 if the app's backup in the last run succeeded, else 0."),
+            ("duration_seconds", "duration", "Seconds the app's backup took in the last run (dumps and this "
+             "repository)."),
+            ("size_bytes", "size", "Bytes in the app's last successful snapshot (before deduplication)."),
         ],
     ),
     "restore_test": (
         "berth_backup_restore_test",
         [
-            ("last_success_timestamp_seconds", "last_success", "Unix time of the last passed restore test."),
-            ("last_run_success", "last_run_success", "1 if the last restore test passed, else 0."),
-            ("duration_seconds", "duration", "Seconds the last restore test took."),
+            ("last_success_timestamp_seconds", "last_success", "Unix time of the app's last passed restore test."),
+            ("last_run_success", "last_run_success", "1 if the app's last restore test passed, else 0."),
+            ("duration_seconds", "duration", "Seconds the app's last restore test took."),
         ],
     ),
 }
 
 
-def render_metrics(state: dict[str, Any], section: str, repositories: list[str]) -> str:
-    """node_exporter textfile lines for a state section; repositories that never ran show 0."""
+def render_metrics(state: dict[str, Any], section: str, apps: list[str], repositories: list[str]) -> str:
+    """node_exporter textfile lines for a state section, one per app and repository (labels app and
+    repository); an app or repository that never ran shows 0. Apps no longer configured are left out."""
     prefix, metrics = METRICS[section]
     lines = []
     for suffix, key, help_text in metrics:
         lines += [f"# HELP {prefix}_{suffix} {help_text}", f"# TYPE {prefix}_{suffix} gauge"]
-        for name in repositories:
-            value = state.get(section, {}).get(name, {}).get(key, 0)
-            value = int(value) if isinstance(value, bool) else value
-            lines.append(f'{prefix}_{suffix}{{repository="{name}"}} {value}')
+        for app in apps:
+            for name in repositories:
+                entry = state.get(section, {}).get(app, {}).get(name, {})
+                value = entry.get(key, 0) if isinstance(entry, dict) else 0
+                value = int(value) if isinstance(value, bool) else value
+                lines.append(f'{prefix}_{suffix}{{app="{app}",repository="{name}"}} {value}')
     return "\n".join(lines) + "\n"
 
 
@@ -813,8 +898,9 @@ def publish(cfg: Config, section: str, record: dict[str, Any]) -> None:
     state = update_state(load_json(STATE_DIR / "state.json", {}), section, record)
     write_atomic(STATE_DIR / "state.json", json.dumps(state, indent=2, sort_keys=True) + "\n")
     prefix = METRICS[section][0]
+    apps = [app.name for app in cfg.apps]
     names = [repo.name for repo in cfg.repositories]
-    write_atomic(cfg.metrics_dir / f"{prefix}.prom", render_metrics(state, section, names), mode=0o644)
+    write_atomic(cfg.metrics_dir / f"{prefix}.prom", render_metrics(state, section, apps, names), mode=0o644)
 
 
 def size_text(count: float) -> str:
@@ -859,16 +945,18 @@ def seconds_since_boot() -> float:
 
 
 def settle_after_boot(cfg: Config) -> None:
-    """Just after boot, wait (until BOOT_SETTLE seconds after it) for PostgreSQL and Redis to answer."""
+    """Just after boot, wait (until BOOT_SETTLE seconds after it) for the apps' PostgreSQL and Redis to answer."""
     left = BOOT_SETTLE - seconds_since_boot()
     if left <= 0:
         return
-    LOG.info("the host started %.0f s ago: waiting up to %.0f s for the stack", BOOT_SETTLE - left, left)
+    LOG.info("the host started %.0f s ago: waiting up to %.0f s for the apps", BOOT_SETTLE - left, left)
     deadline = time.monotonic() + left
-    for service in filter(None, (cfg.postgres_service, cfg.redis_service)):
-        container = wait_until(f"service {service} of compose project {cfg.project} running after boot",
-                               max(deadline - time.monotonic(), 0), lambda s=service: project_containers(cfg, s))[0]
-        if service == cfg.postgres_service:
+    services = [(app, s) for app in cfg.apps for s in (app.postgres_service, app.redis_service) if s]
+    for app, service in services:
+        container = wait_until(f"service {service} of compose project {app.project} running after boot",
+                               max(deadline - time.monotonic(), 0),
+                               lambda a=app, s=service: project_containers(a, s))[0]
+        if service == app.postgres_service:
             user, database = postgres_identity(container)
             wait_postgres(container, user, database, max(deadline - time.monotonic(), 0))
         else:
@@ -876,16 +964,16 @@ def settle_after_boot(cfg: Config) -> None:
                        lambda c=container: redis_ping(c))
 
 
-def check_staging_space(cfg: Config, staging: Path) -> dict[str, int]:
+def check_staging_space(cfg: Config, app: App, staging: Path) -> dict[str, int]:
     """Refuse, before anything is written, dumps that would not fit with the reserve left free."""
     need: dict[str, int] = {}
-    if cfg.postgres_service:
-        container = service_container(cfg, cfg.postgres_service)
+    if app.postgres_service:
+        container = service_container(app, app.postgres_service)
         user, database = postgres_identity(container)
         with Psql(container, user, database) as psql:
             need["database"] = int(psql.rows("SELECT pg_database_size(current_database());")[0][0])
-    if cfg.redis_service:
-        container = service_container(cfg, cfg.redis_service)
+    if app.redis_service:
+        container = service_container(app, app.redis_service)
         need["Redis"] = int(redis_info(container, "memory")["used_memory"])
     problem = staging_problem(need, shutil.disk_usage(staging).free, cfg.staging_reserve, staging)
     if problem:
@@ -896,16 +984,16 @@ def check_staging_space(cfg: Config, staging: Path) -> dict[str, int]:
 # --- commands ------------------------------------------------------------------------------------
 
 
-def collect(cfg: Config, staging: Path) -> dict[str, Any]:
-    """Everything one snapshot holds, staged: dumps plus a manifest with sizes and checksums."""
-    manifest: dict[str, Any] = {"host": cfg.host, "project": cfg.project, "created": now_iso(time.time())}
-    settle_after_boot(cfg)
-    check_staging_space(cfg, staging)
-    if cfg.postgres_service:
-        manifest["postgres"] = dump_postgres(cfg, staging)
-    if cfg.redis_service:
-        manifest["redis"] = save_redis(cfg, staging)
-    manifest["volumes"], manifest["paths"] = collect_files(cfg)
+def collect(cfg: Config, app: App, staging: Path) -> dict[str, Any]:
+    """Everything one app's snapshot holds, staged: dumps plus a manifest with sizes and checksums."""
+    manifest: dict[str, Any] = {"host": cfg.host, "app": app.name, "project": app.project,
+                                "created": now_iso(time.time())}
+    check_staging_space(cfg, app, staging)
+    if app.postgres_service:
+        manifest["postgres"] = dump_postgres(app, staging)
+    if app.redis_service:
+        manifest["redis"] = save_redis(cfg, app, staging)
+    manifest["volumes"], manifest["paths"] = collect_files(app)
     manifest["files"] = {
         str(path.relative_to(staging)): {"bytes": path.stat().st_size, "sha256": sha256(path)}
         for path in sorted(staging.rglob("*"))
@@ -915,35 +1003,83 @@ def collect(cfg: Config, staging: Path) -> dict[str, Any]:
     return manifest
 
 
-def backup(cfg: Config, record: dict[str, Any]) -> str | None:
-    """One backup run into record; returns the failure, if any."""
+def backup_app(cfg: Config, app: App, unlocked: set[str]) -> dict[str, Any]:
+    """One app's backup: its dumps and files staged, then its own snapshot in every repository. The result
+    holds each repository's outcome; an app whose dumps failed has every repository failed."""
+    started = time.monotonic()
+    result: dict[str, Any] = {"repositories": {}}
+    repos = result["repositories"]
     empty_dir(STAGING)
-    repos: dict[str, Any] = record.setdefault("repositories", {})
     try:
-        started = time.monotonic()
         try:
-            manifest = collect(cfg, STAGING)
+            manifest = collect(cfg, app, STAGING)
         except (BackupError, OSError) as exc:
-            message = f"nothing was backed up: {exc}"
+            message = f"nothing of app {app.name} was backed up: {exc}"
             for repo in cfg.repositories:
                 repos[repo.name] = {"status": "failed", "error": message,
                                     "duration": round(time.monotonic() - started, 3)}
-            return message
+            return result
         collected = time.monotonic() - started
-        record["contents"] = {k: v for k, v in manifest.items() if k not in ("host", "project", "created")}
-        sources = [str(STAGING), *(v["path"] for v in manifest["volumes"]), *cfg.paths]
+        result["contents"] = {k: v for k, v in manifest.items() if k not in ("host", "app", "project", "created")}
+        sources = [str(STAGING), *(v["path"] for v in manifest["volumes"]), *app.paths]
         for repo in cfg.repositories:
             try:
-                result = backup_to(cfg, repo, sources)
-                repos[repo.name] = {"status": "ok", **result, "duration": round(collected + result["seconds"], 3)}
+                if repo.name not in unlocked:
+                    unlock(cfg, repo)
+                    unlocked.add(repo.name)
+                done = backup_to(cfg, repo, app, sources)
+                repos[repo.name] = {"status": "ok", **done, "duration": round(collected + done["seconds"], 3)}
             except (BackupError, OSError) as exc:
                 repos[repo.name] = {"status": "failed", "error": str(exc), "duration": round(collected, 3)}
     finally:
         empty_dir(STAGING)
-    failed = [name for name, result in repos.items() if result["status"] != "ok"]
-    if failed:
-        return "; ".join(f"{name}: {repos[name]['error']}" for name in failed)
-    return None
+    return result
+
+
+def run_failures(record: dict[str, Any]) -> list[str]:
+    """What failed in a backup run, app by app and repository by repository (empty: the run succeeded)."""
+    found = []
+    for name, app in sorted(record.get("apps", {}).items()):
+        errors = {result.get("error") for result in app["repositories"].values() if result["status"] != "ok"}
+        found += [f"app {name}: {error}" for error in sorted(filter(None, errors))]
+    found += [f"repository {name}: {result['error']}" for name, result in sorted(record.get("repositories", {}).items())
+              if result["status"] != "ok"]
+    return found
+
+
+def backup(cfg: Config, record: dict[str, Any]) -> str | None:
+    """One backup run into record: every app (one failing does not stop the others), then retention and
+    check per repository over the apps it now holds a new snapshot of. Returns the failure, if any."""
+    settle_after_boot(cfg)
+    apps: dict[str, Any] = record.setdefault("apps", {})
+    unlocked: set[str] = set()
+    for app in cfg.apps:
+        apps[app.name] = backup_app(cfg, app, unlocked)
+        apps[app.name]["status"] = ("ok" if all(r["status"] == "ok" for r in apps[app.name]["repositories"].values())
+                                    else "failed")
+    repos: dict[str, Any] = record.setdefault("repositories", {})
+    for repo in cfg.repositories:
+        done = [app for app in cfg.apps if apps[app.name]["repositories"][repo.name]["status"] == "ok"]
+        if not done:
+            continue
+        try:
+            repos[repo.name] = {"status": "ok", **maintain(cfg, repo, done)}
+        except (BackupError, OSError) as exc:
+            # The snapshots are written, but a repository whose retention or check failed is not a success.
+            repos[repo.name] = {"status": "failed", "error": str(exc)}
+            for app in done:
+                apps[app.name]["repositories"][repo.name].update(status="failed", error=str(exc))
+                apps[app.name]["status"] = "failed"
+    failures = run_failures(record)
+    return "; ".join(failures) if failures else None
+
+
+def fail_every_app(cfg: Config, record: dict[str, Any], failure: str, repositories: list[str]) -> None:
+    """Whatever failed, every app's metrics must show this run: apps without a result get this failure."""
+    for app in cfg.apps:
+        entry = record.setdefault("apps", {}).setdefault(app.name, {"status": "failed", "error": failure})
+        for name in repositories:
+            entry.setdefault("repositories", {}).setdefault(name, {"status": "failed", "error": failure})
 
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
@@ -953,9 +1089,8 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
             failure = backup(cfg, record)
         except (BackupError, OSError) as exc:
             failure = str(exc)
-        # Whatever failed, every repository's metrics must show this run.
-        for repo in cfg.repositories:
-            record.setdefault("repositories", {}).setdefault(repo.name, {"status": "failed", "error": failure})
+        if failure:
+            fail_every_app(cfg, record, failure, [repo.name for repo in cfg.repositories])
         finish_record(record, failure)
         save_record(cfg, record)
         publish(cfg, "backup", record)
@@ -1010,41 +1145,60 @@ def scratch_redis(item: dict[str, Any], work: Path, name: str, timeout: float) -
         remove_container(name)
 
 
+def verify_app(cfg: Config, repo: Repository, app: App, wanted: str, work: Path) -> dict[str, Any]:
+    """The restore test of one app's snapshot: checksums, its dump in a scratch PostgreSQL, its RDB in a
+    scratch Redis. Raises BackupError; fills in what it could test before."""
+    result: dict[str, Any] = {}
+    empty_dir(work)
+    try:
+        snapshot = resolve_snapshot(cfg, repo, app, wanted)
+        result["snapshot"] = {"id": snapshot["id"], "time": snapshot["time"]}
+        manifest = fetch(cfg, repo, snapshot, work)
+        result["checksums"] = "ok"
+        if "postgres" in manifest:
+            result["postgres"] = scratch_postgres(manifest["postgres"], work, f"{app.project}-berth-restore-test",
+                                                  cfg.wait_timeout)
+        if "redis" in manifest:
+            result["redis"] = scratch_redis(manifest["redis"], work, f"{app.project}-berth-restore-test-redis",
+                                            cfg.wait_timeout)
+    finally:
+        with contextlib.suppress(OSError):
+            empty_dir(work)
+    return result
+
+
 def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
     repo = cfg.repository(args.repository)
-    work = STATE_DIR / "verify"
+    # One app when named (a snapshot ID is one app's), else every app, each with its own result.
+    apps = [choose_app(cfg.apps, args.app)] if args.app or args.snapshot != "latest" else list(cfg.apps)
     with lock("verify.lock"):
         record = new_record("restore-test", cfg)
         record["repository"] = repo.name
-        failure = None
-        try:
-            empty_dir(work)
-            snapshot = resolve_snapshot(cfg, repo, args.snapshot)
-            record["snapshot"] = {"id": snapshot["id"], "time": snapshot["time"]}
-            manifest = fetch(cfg, repo, snapshot, work)
-            record["checksums"] = "ok"
-            if "postgres" in manifest:
-                record["postgres"] = scratch_postgres(manifest["postgres"], work, f"{cfg.project}-berth-restore-test",
-                                                      cfg.wait_timeout)
-            if "redis" in manifest:
-                record["redis"] = scratch_redis(manifest["redis"], work, f"{cfg.project}-berth-restore-test-redis",
-                                                cfg.wait_timeout)
-        except (BackupError, OSError) as exc:
-            failure = str(exc)
-        finally:
-            with contextlib.suppress(OSError):
-                empty_dir(work)
-        finish_record(record, failure)
-        record["repositories"] = {repo.name: {"status": record["status"], "duration": record["seconds"]}}
+        record["apps"] = {}
+        for app in apps:
+            started = time.monotonic()
+            entry: dict[str, Any] = {}
+            try:
+                entry.update(verify_app(cfg, repo, app, args.snapshot, STATE_DIR / "verify"))
+                entry["status"] = "ok"
+            except (BackupError, OSError) as exc:
+                entry.update(status="failed", error=str(exc))
+            seconds = round(time.monotonic() - started, 3)
+            entry["seconds"] = seconds
+            entry["repositories"] = {repo.name: {"status": entry["status"], "duration": seconds}}
+            record["apps"][app.name] = entry
+        failures = [f"app {name}: {entry['error']}" for name, entry in record["apps"].items()
+                    if entry["status"] != "ok"]
+        finish_record(record, "; ".join(failures) or None)
         save_record(cfg, record)
         publish(cfg, "restore_test", record)
     return report(record, args)
 
 
-def restore_postgres(cfg: Config, item: dict[str, Any], work: Path, touched: list[str]) -> dict[str, Any]:
+def restore_postgres(cfg: Config, app: App, item: dict[str, Any], work: Path, touched: list[str]) -> dict[str, Any]:
     """Restore into a new database, compare it with the manifest, then swap it in for the live one."""
-    assert cfg.postgres_service
-    container = service_container(cfg, cfg.postgres_service)
+    assert app.postgres_service
+    container = service_container(app, app.postgres_service)
     user, database = postgres_identity(container)
     wait_postgres(container, user, database, cfg.wait_timeout)
     staging_db = f"{database}__berth_restore"
@@ -1086,10 +1240,10 @@ def convert_to_aof(info: dict[str, Any], mount: dict[str, Any], item: dict[str, 
         remove_container(name)
 
 
-def restore_redis(cfg: Config, item: dict[str, Any], work: Path, touched: list[str]) -> dict[str, Any]:
-    assert cfg.redis_service
+def restore_redis(cfg: Config, app: App, item: dict[str, Any], work: Path, touched: list[str]) -> dict[str, Any]:
+    assert app.redis_service
     started = time.monotonic()
-    container = service_container(cfg, cfg.redis_service, running=False)
+    container = service_container(app, app.redis_service, running=False)
     info = inspect(container)
     mounts = [m for m in info["Mounts"] if m["Destination"] == item["dir"]]
     if not mounts:
@@ -1103,7 +1257,7 @@ def restore_redis(cfg: Config, item: dict[str, Any], work: Path, touched: list[s
     shutil.copyfile(work / item["rdb"], target)
     os.chown(target, owner.st_uid, owner.st_gid)
     if item.get("appendonly") == "yes":
-        convert_to_aof(info, mounts[0], item, f"{cfg.project}-berth-restore-redis", cfg.wait_timeout)
+        convert_to_aof(info, mounts[0], item, f"{app.project}-berth-restore-redis", cfg.wait_timeout)
     run(["docker", "start", container], "starting Redis")
     wait_until("Redis healthy", cfg.wait_timeout, lambda: health(container) in ("healthy", "running"))
     wait_redis_loaded(container, cfg.wait_timeout)
@@ -1113,15 +1267,15 @@ def restore_redis(cfg: Config, item: dict[str, Any], work: Path, touched: list[s
     return {"keys": keys, "seconds": round(time.monotonic() - started, 3)}
 
 
-def ensure_volume(cfg: Config, name: str) -> Path:
+def ensure_volume(app: App, name: str) -> Path:
     """The volume's mount point, creating the volume (labelled as compose's own when it is) if missing."""
     path = volume_mountpoint(name)
     if path:
         return path
     labels = []
-    if name.startswith(f"{cfg.project}_"):
-        short = name[len(cfg.project) + 1 :]
-        labels = ["--label", f"com.docker.compose.project={cfg.project}",
+    if name.startswith(f"{app.project}_"):
+        short = name[len(app.project) + 1 :]
+        labels = ["--label", f"com.docker.compose.project={app.project}",
                   "--label", f"com.docker.compose.volume={short}"]
     run(["docker", "volume", "create", *labels, name], f"creating volume {name}")
     path = volume_mountpoint(name)
@@ -1129,12 +1283,12 @@ def ensure_volume(cfg: Config, name: str) -> Path:
     return path
 
 
-def restore_files(cfg: Config, repo: Repository, snapshot: dict, manifest: dict, components: list[str],
+def restore_files(cfg: Config, repo: Repository, app: App, snapshot: dict, manifest: dict, components: list[str],
                   touched: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if "volumes" in components:
         for volume in manifest["volumes"]:
-            target = ensure_volume(cfg, volume["name"])
+            target = ensure_volume(app, volume["name"])
             touched.append(f"volume {volume['name']}")
             # The volume's content becomes exactly the snapshot's (files not in it are deleted).
             restic(cfg, repo, "restore", "--no-lock", f"{snapshot['id']}:{volume['path']}", "--target", str(target),
@@ -1155,8 +1309,10 @@ def restore(cfg: Config, args: argparse.Namespace, record: dict[str, Any], touch
     if unknown or not components:
         allowed = ",".join(COMPONENTS)
         raise BackupError(f"components must be a comma-separated subset of {allowed} (got {args.components!r})")
+    app = choose_app(cfg.apps, args.app)
+    record["app"] = app.name
     repo = cfg.repository(args.repository)
-    snapshot = resolve_snapshot(cfg, repo, args.snapshot)
+    snapshot = resolve_snapshot(cfg, repo, app, args.snapshot)
     record.update(repository=repo.name, components=components,
                   snapshot={"id": snapshot["id"], "time": snapshot["time"]})
     work = STATE_DIR / "restore"
@@ -1168,15 +1324,16 @@ def restore(cfg: Config, args: argparse.Namespace, record: dict[str, Any], touch
         for component in ("postgres", "redis"):
             if component in components and component not in manifest:
                 raise BackupError(f"snapshot {snapshot['short_id']} holds no {component} backup")
-        own = {cfg.postgres_service, cfg.redis_service}
-        others = sorted(running_services(cfg) - own)
+        own = {app.postgres_service, app.redis_service}
+        others = sorted(running_services(app) - own)
         if others:
-            raise BackupError(f"stop the app's services first ({', '.join(others)} running): restore.yml does it")
+            raise BackupError(f"stop the services of app {app.name} first ({', '.join(others)} running): "
+                              "restore.yml does it")
         if "postgres" in components:
-            record["postgres"] = restore_postgres(cfg, manifest["postgres"], work, touched)
+            record["postgres"] = restore_postgres(cfg, app, manifest["postgres"], work, touched)
         if "redis" in components:
-            record["redis"] = restore_redis(cfg, manifest["redis"], work, touched)
-        record["files"] = restore_files(cfg, repo, snapshot, manifest, components, touched)
+            record["redis"] = restore_redis(cfg, app, manifest["redis"], work, touched)
+        record["files"] = restore_files(cfg, repo, app, snapshot, manifest, components, touched)
     finally:
         with contextlib.suppress(OSError):
             empty_dir(work)
@@ -1203,7 +1360,8 @@ def cmd_restore(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_snapshots(cfg: Config, args: argparse.Namespace) -> int:
     repo = cfg.repository(args.repository)
-    print(json.dumps(snapshot_list(cfg, repo), indent=2))
+    app = choose_app(cfg.apps, args.app) if args.app else None
+    print(json.dumps(snapshot_list(cfg, repo, app), indent=2))
     return 0
 
 
@@ -1273,7 +1431,7 @@ def cmd_unit_failed(cfg: Config, args: argparse.Namespace) -> int:
     LOG.error("%s", failure)
     record = new_record(kind, cfg)
     names = [repo.name for repo in cfg.repositories] if kind == "backup" else [cfg.repository(None).name]
-    record["repositories"] = {name: {"status": "failed", "error": failure} for name in names}
+    fail_every_app(cfg, record, failure, names)
     record["unit"] = args.unit
     finish_record(record, failure)
     save_record(cfg, record)
@@ -1289,14 +1447,16 @@ def parser() -> argparse.ArgumentParser:
     run_cmd = sub.add_parser("run", help="back up to every repository")
     run_cmd.add_argument("--print-record", action="store_true", help="print the run's record (JSON)")
     verify = sub.add_parser("verify", help="restore test into scratch containers")
-    restore_cmd = sub.add_parser("restore", help="restore into the live stack")
+    restore_cmd = sub.add_parser("restore", help="restore one app into its live stack")
     for cmd in (verify, restore_cmd):
+        cmd.add_argument("--app", help="the app (verify: default every app; restore: required with several)")
         cmd.add_argument("--repository", help="repository name (default: the restore-test repository)")
         cmd.add_argument("--snapshot", default="latest", help="snapshot ID or 'latest'")
         cmd.add_argument("--print-record", action="store_true", help="print the run's record (JSON)")
     restore_cmd.add_argument("--components", default="postgres,redis,volumes", help="what to restore")
     snapshots = sub.add_parser("snapshots", help="list snapshots (JSON)")
     snapshots.add_argument("--repository", help="repository name")
+    snapshots.add_argument("--app", help="only this app's snapshots")
     init = sub.add_parser("init", help="create missing repositories")
     init.add_argument("--dry-run", action="store_true", help="only report missing repositories")
     failed = sub.add_parser("unit-failed", help="record a failed systemd unit's run (its OnFailure=)")

@@ -15,9 +15,12 @@ description:
     already (another release holds it), fails at once with RV(lock_held); the task retries (until/
     retries), so the wait shows in Ansible's output. Not taken in check mode. If reading fails after
     the lock was taken, the lock is given back before the module fails.
-  - Then reads the release state file (JSON), the live colour file and the colours' images from the
-    stack's .env (only the C(APP_BLUE_IMAGE) and C(APP_GREEN_IMAGE) lines), and inspects the compose
-    project's C(app-blue) and C(app-green) containers with the docker CLI.
+  - Then reads the app's release state file (JSON), its live colour file and the colours' images from
+    its compose project's .env (only the C(BLUE_IMAGE) and C(GREEN_IMAGE) lines), and inspects the
+    host's containers with the docker CLI: the state of the app's services of each colour, and every
+    image a container of any project uses.
+  - Also reads the other apps' state files: the images they still need (their colours and retained
+    releases) are never pruned by this app's release, even when the apps share an image.
   - Changes nothing but the lock, so it reports C(changed=false).
 options:
   lock_dir:
@@ -40,6 +43,17 @@ options:
     description: The compose project name (the app's name).
     type: str
     required: true
+  colour_services:
+    description:
+      - The app's services of each colour, C(blue) and C(green), each a list whose first item is the web
+        service (C(web-blue)) and the rest its workers (C(worker-default-blue)).
+    type: dict
+    required: true
+  other_state_files:
+    description: The release state files of the host's other apps (missing ones are skipped).
+    type: list
+    elements: path
+    default: []
 """
 
 RETURN = r"""
@@ -69,9 +83,19 @@ env_images:
   returned: success
 containers:
   description:
-    - Colour to its container's C(State) (running, exited, ...), C(Image) (the reference it was created
-      from) and C(ImageID).
+    - Colour to its web container's C(State) (running, exited, ...), C(Image) (the reference it was
+      created from) and C(ImageID). One-off containers (C(docker compose run)) are left out.
   type: dict
+  returned: success
+running:
+  description: Colour to the app's services of that colour with at least one running container.
+  type: dict
+  returned: success
+images_in_use:
+  description:
+    - Image references that must stay on the host, sorted - the images of every container on the host (any
+      project, any state) and those the other apps' state files name.
+  type: list
   returned: success
 """
 
@@ -92,40 +116,71 @@ def read_text(path: str) -> str | None:
 
 
 def env_images(text: str) -> dict[str, str]:
-    """APP_BLUE_IMAGE / APP_GREEN_IMAGE from .env text; nothing else is read or returned."""
+    """BLUE_IMAGE / GREEN_IMAGE from .env text; nothing else is read or returned."""
     images = {}
     for colour in COLOURS:
-        found = re.search(rf"(?m)^APP_{colour.upper()}_IMAGE=(.*)$", text)
+        found = re.search(rf"(?m)^{colour.upper()}_IMAGE=(.*)$", text)
         images[colour] = found.group(1).strip() if found else ""
     return images
 
 
-def containers(module: AnsibleModule, project: str) -> dict[str, dict[str, str]]:
-    """The project's app-blue / app-green containers, from docker ps + docker inspect."""
+def inspect_all(module: AnsibleModule) -> list[dict]:
+    """docker inspect of every container on the host (one docker ps, one docker inspect)."""
     docker = module.get_bin_path("docker")
     if docker is None:  # no engine yet (check mode on a fresh host): no containers
-        return {}
-    label = f"label=com.docker.compose.project={project}"
-    rc, out, err = module.run_command([docker, "ps", "--all", "--quiet", "--no-trunc", "--filter", label])
+        return []
+    rc, out, err = module.run_command([docker, "ps", "--all", "--quiet", "--no-trunc"])
     if rc != 0:
         raise RuntimeError(f"docker ps failed: {err.strip()}")
     ids = out.split()
     if not ids:
-        return {}
+        return []
     rc, out, err = module.run_command([docker, "inspect", "--type", "container", *ids])
     if rc != 0:
         raise RuntimeError(f"docker inspect failed: {err.strip()}")
-    found = {}
-    for item in json.loads(out):
-        service = item["Config"]["Labels"].get("com.docker.compose.service", "")
-        colour = service.removeprefix("app-")
-        if service.startswith("app-") and colour in COLOURS:
-            found[colour] = {
-                "State": item["State"]["Status"],
-                "Image": item["Config"]["Image"],
-                "ImageID": item["Image"],
-            }
+    return json.loads(out)
+
+
+def colours(items: list[dict], project: str, colour_services: dict[str, list[str]]) -> tuple[dict, dict]:
+    """The project's web container of each colour, and its services of each colour that are running."""
+    web, running = {}, {colour: [] for colour in COLOURS}
+    for item in items:
+        labels = item["Config"].get("Labels") or {}
+        if labels.get("com.docker.compose.project") != project or labels.get("com.docker.compose.oneoff") == "True":
+            continue
+        service = labels.get("com.docker.compose.service", "")
+        for colour in COLOURS:
+            services = list(colour_services.get(colour) or [])
+            if service not in services:
+                continue
+            if service == services[0]:
+                web[colour] = {
+                    "State": item["State"]["Status"],
+                    "Image": item["Config"]["Image"],
+                    "ImageID": item["Image"],
+                }
+            if item["State"]["Status"] == "running" and service not in running[colour]:
+                running[colour].append(service)
+    return web, running
+
+
+def state_images(state: dict | None) -> set[str]:
+    """The images a release state still needs: its colours' and its retained releases'."""
+    if not isinstance(state, dict):
+        return set()
+    found = {str(image) for image in (state.get("colours") or {}).values() if image}
+    found |= {
+        str(entry["image"]) for entry in state.get("releases") or [] if isinstance(entry, dict) and entry.get("image")
+    }
     return found
+
+
+def read_state(path: str) -> dict | None:
+    text = read_text(path)
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError as error:
+        raise ValueError(f"{path} is not JSON ({error})") from error
 
 
 def main() -> None:
@@ -136,6 +191,8 @@ def main() -> None:
             "live_colour_file": {"type": "path", "required": True},
             "env_file": {"type": "path", "required": True},
             "project": {"type": "str", "required": True},
+            "colour_services": {"type": "dict", "required": True},
+            "other_state_files": {"type": "list", "elements": "path", "default": []},
         },
         supports_check_mode=True,
     )
@@ -150,18 +207,21 @@ def main() -> None:
         except OSError as error:
             module.fail_json(msg=f"cannot create the lock {params['lock_dir']}: {error}", locked=False)
     try:
-        state_text = read_text(params["state_file"])
+        state = read_state(params["state_file"])
         env_text = read_text(params["env_file"])
-        try:
-            state = json.loads(state_text) if state_text is not None else None
-        except ValueError as error:
-            raise ValueError(f"{params['state_file']} is not JSON ({error})") from error
+        items = inspect_all(module)
+        web, running = colours(items, params["project"], params["colour_services"])
+        in_use = {str(item["Config"]["Image"]) for item in items}
+        for other in params["other_state_files"]:
+            in_use |= state_images(read_state(other))
         result = {
             "state": state,
             "live_colour": (read_text(params["live_colour_file"]) or "").strip(),
             "env_found": env_text is not None,
             "env_images": env_images(env_text) if env_text is not None else {},
-            "containers": containers(module, params["project"]),
+            "containers": web,
+            "running": running,
+            "images_in_use": sorted(in_use),
         }
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         if locked:

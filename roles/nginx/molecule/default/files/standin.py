@@ -1,4 +1,8 @@
-"""Stand-in for the app on one colour's port: echoes what nginx passed on, answers websocket upgrades."""
+#!/usr/bin/python3
+"""Stand-in for one colour of one app on its port: says which it is, echoes what nginx passed on, answers websockets.
+
+    berth-standin <app> <colour> <port>
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    app = "unknown"
     colour = "unknown"
 
     def do_GET(self) -> None:
@@ -22,7 +27,7 @@ class Handler(BaseHTTPRequestHandler):
         self.reply()
 
     def reply(self) -> None:
-        body = json.dumps({"colour": self.colour, "headers": dict(self.headers.items())}).encode()
+        body = json.dumps({"app": self.app, "colour": self.colour, "headers": dict(self.headers.items())}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -45,8 +50,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    Handler.colour = sys.argv[1]
-    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Handler).serve_forever()
+    Handler.app, Handler.colour, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def test_web_config_holds_bcrypt_hashes_not_passwords(host):
 
 def test_other_roles_metrics_files_are_kept(host):
     # prepare.yml wrote them before the role ran, as the backup role and the release logic will.
-    assert "berth_release_info" in host.file(f"{TEXTFILE_DIR}/berth_release.prom").content_string
+    assert "berth_release_info" in host.file(f"{TEXTFILE_DIR}/berth_release_demo.prom").content_string
     assert "berth_backup_last_run_success" in host.file(f"{TEXTFILE_DIR}/berth_backup.prom").content_string
     directory = host.file(TEXTFILE_DIR)
     assert (directory.user, directory.group, directory.mode) == ("root", "root", 0o755)
@@ -143,7 +143,7 @@ def test_the_timer_refreshes_the_certificate_metrics(host):
     assert set(certificate_metrics(host)) == {"berth.test", "api.berth.test"}
     # (sponge.* would be the apt metrics service's own temporary file, if it happened to run just now.)
     files = [name for name in host.check_output(f"ls -A {TEXTFILE_DIR}").split() if not name.startswith("sponge.")]
-    assert files == ["apt.prom", "berth_backup.prom", "berth_release.prom", "berth_tls.prom"]
+    assert files == ["apt.prom", "berth_backup.prom", "berth_release_demo.prom", "berth_tls.prom"]
 
 
 def apt_metrics(host) -> dict[str, list[tuple[dict[str, str], float]]]:

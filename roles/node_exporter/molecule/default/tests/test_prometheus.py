@@ -21,7 +21,7 @@ from conftest import (
 )
 
 testinfra_hosts = [PROMETHEUS]
-FILES = ("berth_tls.prom", "berth_release.prom")
+FILES = ("berth_tls.prom", "berth_release_demo.prom")
 # berth-alerts.yml and its promtool unit tests, side by side (prepare.yml)
 ALERTS = "/etc/prometheus/berth-alerts-test"
 
@@ -110,7 +110,8 @@ def test_textfile_metrics_reach_prometheus_with_their_values(prometheus, targets
         for domain, value in certificates:
             assert tls[(domain, instance)] == float(value)
         assert release[("demo", "green", instance, "v2")] == 1
-        stamp = re.search(r'berth_release_deployed_timestamp_seconds\{app="demo"\} (\d+)', files["berth_release.prom"])
+        release_file = files["berth_release_demo.prom"]
+        stamp = re.search(r'berth_release_deployed_timestamp_seconds\{app="demo"\} (\d+)', release_file)
         assert deployed[("demo", instance)] == float(stamp.group(1))
         assert backup_ok[(instance, "offsite")] == 0
         assert sizes[(instance, "offsite")] == 123456789
@@ -173,7 +174,7 @@ def test_a_pending_reboot_reaches_prometheus_and_its_alert(prometheus, targets):
 
 def test_alert_rules_pass_promtool(prometheus):
     checked = prometheus.run(f"promtool check rules {ALERTS}/berth-alerts.yml")
-    assert checked.rc == 0 and "SUCCESS: 15 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.rc == 0 and "SUCCESS: 17 rules found" in checked.stdout, checked.stdout + checked.stderr
     tested = prometheus.run(f"cd {ALERTS} && promtool test rules berth-alerts.test.yml")
     assert tested.rc == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
 
