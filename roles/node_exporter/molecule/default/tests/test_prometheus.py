@@ -181,7 +181,7 @@ def test_alert_rules_pass_promtool(prometheus):
 
 def test_the_live_prometheus_evaluates_the_rules_on_scraped_data(prometheus, targets):
     groups = {g["name"] for g in api(prometheus, "rules")["groups"]}
-    assert groups == {"berth-host", "berth-backup", "berth-tls", "berth-release", "berth-updates"}
+    assert groups == {"berth-host", "berth-backup", "berth-tls", "berth-release", "berth-jobs", "berth-updates"}
 
     expected = {}
     for exporter in EXPORTERS:

@@ -36,9 +36,10 @@ APP = ("-e", "app=shop")
 AUDIT = "/var/log/berth/release.log"
 METRICS = "/var/lib/prometheus/node-exporter/berth_release_{}.prom"
 ENQUEUE_RATE = 10.0
-# A job that takes this long, picked up by an old worker just before the switch; the workers' grace
-# period (stop_grace_period, molecule.yml) is 15 s.
-SLOW_JOB_SECONDS = 8
+# A job that takes this long, picked up by an old worker just before the switch: long enough to be in
+# progress when the old workers get SIGTERM (after the new ones started), shorter than their grace
+# period (stop_grace_period, molecule.yml: 45 s).
+SLOW_JOB_SECONDS = 25
 FIGURES: dict[str, dict] = {}
 
 testinfra_hosts = [NAME]
@@ -184,10 +185,10 @@ def epoch(docker_time: str) -> float:
 
 
 def slow_job_was_handed_over(target: testinfra.host.Host, phase: Phase, job: str, old: str, new: str) -> None:
-    """The slow job ran on an old worker, was still in progress when traffic had switched, and that old
-    worker finished it and only then stopped, cleanly (exit 0, not killed at the end of its grace period).
-    The figures also say whether the new colour's workers were already running while it finished (on a
-    busy machine the release's steps may outlast the job)."""
+    """The slow job ran on an old worker, was still in progress when traffic had switched and when the
+    new colour's workers had started (the old ones are stopped right after: SIGTERM came mid-job), and
+    that old worker finished it and only then stopped, cleanly (exit 0, not killed at the end of its
+    grace period)."""
     row = sql(target, f"SELECT version, worker, took, extract(epoch FROM at) FROM jobs WHERE id = '{job}'")
     version, worker, took, finished = row.split("|")
     switched = phase.started + phase.switched_after(new)
@@ -209,6 +210,7 @@ def slow_job_was_handed_over(target: testinfra.host.Host, phase: Phase, job: str
     assert (version, len(row.splitlines())) == (old, 1), row
     assert float(took) >= SLOW_JOB_SECONDS
     assert float(finished) > switched, "the slow job ended before the switch: nothing was handed over"
+    assert float(finished) > max(new_started), "the slow job ended before the old workers were told to stop"
     assert epoch(stopped) >= float(finished), "the old worker stopped before its job was recorded"
     assert exit_code == "0", f"the old worker {worker} did not stop cleanly (137: killed at the grace period)"
 
