@@ -86,7 +86,8 @@ def up() -> None:
     # nothing later.
     for app in ("shop", "blog"):
         log(f"first release of {app}")
-        playbook("playbooks/deploy.yml", "-i", "inventories/local", "-e", f"app={app}", "-e", "app_version=v1")
+        release = ["-e", f"app={app}", "-e", "app_version=v1"]
+        playbook("playbooks/deploy.yml", "-i", "inventories/local", *extra[:2], *release)
     log(f"demo up took {time.monotonic() - began:.0f} s in all")
     root = DEMO / "pebble-root.pem"
     root.write_text(output(["docker", "exec", HOST, "curl", "-sk", "https://127.0.0.1:15000/roots/0"]) + "\n")
@@ -101,8 +102,10 @@ The demo host {HOST} is provisioned: nginx serves two apps over HTTPS with certi
                         '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' {HOST})
   run site.yml again: .venv/bin/ansible-playbook site.yml -i inventories/local {" ".join(extra[:2])} \\
                         -e '{extra[3]}'   (changes nothing)
-  deploy v2 of shop:  .venv/bin/ansible-playbook playbooks/deploy.yml -i inventories/local -e app=shop -e app_version=v2
-  roll it back:       .venv/bin/ansible-playbook playbooks/rollback.yml -i inventories/local -e app=shop
+  deploy v2 of shop:  .venv/bin/ansible-playbook playbooks/deploy.yml -i inventories/local {" ".join(extra[:2])} \\
+                        -e app=shop -e app_version=v2
+  roll it back:       .venv/bin/ansible-playbook playbooks/rollback.yml -i inventories/local {" ".join(extra[:2])} \\
+                        -e app=shop
   shop's summary job: docker exec {HOST} systemctl start berth-job-shop-summary   (its log: journalctl -u …)
   back up now:        .venv/bin/ansible-playbook playbooks/backup-now.yml -i inventories/local {" ".join(extra[:2])}
   restore shop:       .venv/bin/ansible-playbook playbooks/restore.yml -i inventories/local {" ".join(extra[:2])} \\
