@@ -96,7 +96,8 @@ def write_inventory(names: list[str]) -> Path:
     INVENTORY.mkdir(parents=True, exist_ok=True)
     # "docker" (community.docker.docker for Ansible) lets Mitogen use its own docker exec transport.
     hosts = {n: {"ansible_connection": "docker"} for n in names}
-    doc = {"all": {"children": {"berth": {"hosts": hosts}, "nested_docker": {"hosts": dict.fromkeys(names)}}}}
+    doc = {"all": {"children": {"berth": {"children": {"app": {"hosts": hosts}}},
+                                "nested_docker": {"hosts": dict.fromkeys(names)}}}}
     (INVENTORY / "hosts.yml").write_text(json.dumps(doc, indent=2))
     link = INVENTORY / "group_vars"
     if not link.exists():
@@ -195,7 +196,8 @@ def ansible(profile: str, inventory: Path, playbook: str, *extra: str) -> dict:
     )
     if profile == "baseline":
         env["ANSIBLE_CACHE_PLUGIN_CONNECTION"] = ""
-    hosts = list(json.loads((inventory / "hosts.yml").read_text())["all"]["children"]["berth"]["hosts"])
+    groups = json.loads((inventory / "hosts.yml").read_text())["all"]["children"]
+    hosts = list(groups["berth"]["children"]["app"]["hosts"])
     hosts_before, machine_before = cpu_snapshot(hosts)
     start = time.monotonic()
     done = subprocess.run(

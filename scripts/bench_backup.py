@@ -64,7 +64,7 @@ def inventory(host: str, directory: Path) -> Path:
     host_vars = yaml.safe_load(text)["provisioner"]["inventory"]["host_vars"][host]
     host_vars["ansible_connection"] = "community.docker.docker"
     path = directory / "inventory.yml"
-    path.write_text(yaml.safe_dump({"berth": {"hosts": {host: host_vars}}}))
+    path.write_text(yaml.safe_dump({"berth": {"children": {"app": {"hosts": {host: host_vars}}}}}))
     return path
 
 

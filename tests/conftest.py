@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES = sorted(p for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir())
 sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def load_module(name: str, path: str) -> Any:
+    """A Python file of the project (a filter plugin, a role's program) as a module, by its path from ROOT."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_input_cases(role: str, cases: dict[str, dict], good: dict, out_dir: Path) -> tuple[dict[str, dict], str]:
@@ -26,7 +37,8 @@ def run_input_cases(role: str, cases: dict[str, dict], good: dict, out_dir: Path
         "ansible_python_interpreter": sys.executable,
     }
     playbook_path = ROOT / "tests" / "playbooks" / "input_cases.yml"
-    cmd = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "--check", "-i", "localhost,", str(playbook_path)]
+    inventory = ROOT / "tests" / "fixtures" / "input-inventory.yml"
+    cmd = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "--check", "-i", str(inventory), str(playbook_path)]
     proc = subprocess.run([*cmd, "-e", json.dumps(extra)], capture_output=True, text=True, env=env, check=False)
     printed = proc.stdout + proc.stderr
     assert proc.returncode == 0, printed

@@ -13,6 +13,12 @@ the example and its users' duties change). The fixture's `environment` settings,
 test machine lacks (a registry, Let's Encrypt, NTP servers), go to host_vars/<host>.yml of each
 berth host, so that they are visibly separate from what a user fills in.
 
+The examples of the cloud providers (inventories/hcloud, inventories/digitalocean) take their hosts
+from the provider's API and have settings of other groups too: there the fixture's `static_inventory`
+(the file it `replaces` and the `hosts` written to hosts.yml instead, since no cloud API is reached)
+stands in for the dynamic inventory, and `group_settings` fills the marked lines of
+group_vars/<group>/vars.yml of the groups other than berth.
+
 Values in the fixture may hold $name placeholders (string.Template), given with --set name=value.
 """
 
@@ -99,6 +105,8 @@ def fill_hosts(path: Path, addresses: Mapping[str, str]) -> None:
 
 def fill_vars(path: Path, settings: Mapping[str, Any]) -> None:
     paths = marked(path)
+    if not paths and not settings:
+        return  # nothing to fill: the file stays as it is, comments and all
     nested = [p for p in paths if len(p) != 1]
     if nested:
         raise FillError(f"{path}: mark whole top-level settings, not {nested}")
@@ -139,12 +147,23 @@ def fill(example: Path, dest: Path, fixture: Mapping[str, Any], values: Mapping[
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(example, dest)
-    fill_hosts(dest / "hosts.yml", fixture["addresses"])
+    static = fixture.get("static_inventory")
+    if static:
+        (dest / static["replaces"]).unlink()
+        _dump(dest / "hosts.yml", static["hosts"], f"in place of {static['replaces']} (no cloud API is reached)")
+    fill_hosts(dest / "hosts.yml", fixture.get("addresses") or {})
     fill_vars(dest / VARS, fixture["settings"])
+    group_settings = fixture.get("group_settings") or {}
+    for vars_file in sorted(dest.glob("group_vars/*/vars.yml")):
+        if vars_file.parent.name != VARS.parent.name:
+            fill_vars(vars_file, group_settings.get(vars_file.parent.name) or {})
+    missing = sorted(set(group_settings) - {p.parent.name for p in dest.glob("group_vars/*/vars.yml")})
+    if missing:
+        raise FillError(f"the fixture fills group_vars of {missing}, which the example does not have")
     write_vault(dest / VAULT_EXAMPLE, dest / VARS.parent / "vault.yml", fixture["vault"], password_file)
     host_vars = dest / "host_vars"
     host_vars.mkdir()
-    for host in berth_hosts(dest / "hosts.yml"):
+    for host in berth_hosts(dest / "hosts.yml") if fixture.get("environment") else []:
         _dump(host_vars / f"{host}.yml", fixture["environment"], "what this test machine lacks (see the fixture)")
 
 

@@ -100,6 +100,74 @@ def test_a_bad_env_value_is_refused_without_showing_it() -> None:
     assert SECRET not in " ".join(problems)
 
 
+PG_URL = f"postgresql://shop:{SECRET}@db.example.com:5432/shop?sslmode=require"
+REDIS_URL = f"rediss://default:{SECRET}@redis.example.com:6380/0"
+
+
+def test_where_the_data_lives_is_derived() -> None:
+    local, host, external = apps.apps_plan([
+        SHOP, {**BLOG, "data": "host"}, {"name": "wiki", "image": "wiki:1", "data": "external", "redis": False,
+                                         "database_url": PG_URL}])
+    assert (local["data"], local["local_services"], local["data_tls"]) == ("local", ["postgres", "redis"], True)
+    assert (host["local_services"], host["db_redis_port"], host["db_secrets_dir"]) == \
+        ([], host["ports"]["blue"], "/etc/berth/db/blog-2")
+    assert external["local_services"] == [] and external["database_url"] == PG_URL
+
+
+@pytest.mark.parametrize(
+    ("app", "says"),
+    [
+        ({**SHOP, "data": "cloud"}, "data must be local (containers on each app host), host"),
+        ({**SHOP, "data": "external"}, "data: external needs database_url"),
+        ({**SHOP, "data": "external", "database_url": PG_URL}, "data: external needs redis_url"),
+        ({**SHOP, "data": "external", "database_url": PG_URL.replace("require", "disable"), "redis_url": REDIS_URL},
+         "database_url must ask for TLS with sslmode=require, verify-ca or verify-full (got sslmode=disable)"),
+        ({**SHOP, "data": "external", "database_url": PG_URL.split("?")[0], "redis_url": REDIS_URL},
+         "(got sslmode=nothing)"),
+        ({**SHOP, "data": "external", "database_url": PG_URL, "redis_url": REDIS_URL.replace("rediss", "redis")},
+         "redis_url must use TLS (rediss://)"),
+        ({**SHOP, "data": "external", "database_url": f"mysql://x:{SECRET}@h/db", "redis_url": REDIS_URL},
+         "database_url must be a URL postgres:// or postgresql://"),
+        ({**SHOP, "data": "host", "database_url": PG_URL}, "database_url is only read with data: external"),
+    ],
+)
+def test_bad_data_placements_are_named_without_the_url(app: dict, says: str) -> None:
+    problems = apps.apps_problems([app])
+    assert any(says in problem for problem in problems), problems
+    assert SECRET not in " ".join(problems)
+
+
+def test_tls_may_be_turned_off_for_an_external_database() -> None:
+    app = {**SHOP, "data": "external", "data_tls": False, "database_url": PG_URL.split("?")[0],
+           "redis_url": REDIS_URL.replace("rediss", "redis")}
+    assert apps.apps_problems([app]) == []
+
+
+def test_topologies_that_work() -> None:
+    assert apps.topology_problems([SHOP, BLOG], ["app1"], []) == []
+    assert apps.topology_problems([{**SHOP, "data": "host"}, {**BLOG, "data": "host"}], ["app1", "app2"], ["db1"]) == []
+    # An app without data services may run on each app host as it is.
+    assert apps.topology_problems([{**BLOG, "postgres": False, "redis": False}], ["app1", "app2"], []) == []
+    assert apps.topology_problems([], [], []) == []
+
+
+@pytest.mark.parametrize(
+    ("description", "app_hosts", "db_hosts", "says"),
+    [
+        ([SHOP], ["app1", "app2"], [], "app shop keeps its postgres and redis on each app host (data: local), but "
+                                       "there are 2 app hosts (app1, app2)"),
+        ([{**SHOP, "data": "host"}], ["app1", "app2"], [], "app shop has data: host, but the inventory group db "
+                                                          "has no host"),
+        ([{**SHOP, "data": "host"}], ["app1"], ["db1", "db2"], "the group db has 2 hosts (db1, db2)"),
+        ([{**SHOP, "data": "host"}], ["app1", "db1"], ["db1"], "db1 cannot be in both groups app and db"),
+        ([SHOP], [], [], "no host is in the inventory group app"),
+    ],
+)
+def test_bad_topologies_are_named(description: list, app_hosts: list, db_hosts: list, says: str) -> None:
+    problems = apps.topology_problems(description, app_hosts, db_hosts)
+    assert any(says in problem for problem in problems), problems
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict], str]:
     """The role's check_input on the controller: argument specs first, then the filter's rules."""
@@ -139,3 +207,21 @@ def test_the_role_refuses_bad_descriptions(outcomes: tuple[dict[str, dict], str]
 
 def test_no_env_value_is_printed(outcomes: tuple[dict[str, dict], str]) -> None:
     assert SECRET not in outcomes[1]
+
+
+def test_the_edge_check_goes_through_nginx_by_the_first_domain() -> None:
+    shop, blog = apps.apps_plan([SHOP, {**BLOG, "domains": []}])
+    assert apps.edge_check_argv(shop, "/healthz")[-3:] == [
+        "--resolve", "shop.example.com:443:127.0.0.1", "https://shop.example.com/healthz"]
+    behind = apps.edge_check_argv(shop, "/", behind_load_balancer=True)
+    assert behind[-5:] == ["-H", "X-Forwarded-Proto: https", "--resolve", "shop.example.com:80:127.0.0.1",
+                           "http://shop.example.com/"]
+    assert apps.edge_check_argv(blog, "/") == []
+
+
+def test_the_jobs_run_on_the_first_app_host_only() -> None:
+    plan = apps.apps_plan([SHOP, BLOG])
+    assert apps.jobs_here(plan, "app1", ["app1", "app2"]) == plan
+    assert [app["jobs"] for app in apps.jobs_here(plan, "app2", ["app1", "app2"])] == [[], []]
+    # A host outside the inventory's groups (a role's own test host) runs them.
+    assert apps.jobs_here(plan, "test", []) == plan

@@ -181,7 +181,7 @@ RESTORE_PLAY = """
         ([], "Name the app to restore with -e app=NAME: this host has 2 apps (shop, blog)."),
         (["-e", "app=news"], 'There is no app \\"news\\" on this host; its apps: shop, blog (-e app=NAME).'),
         (["-e", "app=blog", "-e", '{"backup_restore_components": ["redis"]}'],
-         "App blog has none of the components asked for (redis): it has postgres, volumes, paths."),
+         "App blog has none of the components asked for (redis): it has postgres, paths."),
     ],
 )
 def test_restore_refuses_a_missing_or_unknown_app_before_any_change(tmp_path: Path, extra: list, says: str) -> None:
@@ -189,9 +189,53 @@ def test_restore_refuses_a_missing_or_unknown_app_before_any_change(tmp_path: Pa
     task that would look for the program on the host."""
     (tmp_path / "play.yml").write_text(RESTORE_PLAY)
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_CACHE_PLUGIN="memory")
-    argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", "localhost,", str(tmp_path / "play.yml"),
+    argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(ROOT / "tests/fixtures/input-inventory.yml"),
+            str(tmp_path / "play.yml"),
             "-e", f"ansible_python_interpreter={sys.executable}", *extra]  # fmt: skip
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 2
+    assert says in done.stdout
+    assert "Look for the backup program" not in done.stdout
+
+
+DB_INVENTORY = """
+all:
+  children:
+    berth:
+      children:
+        app:
+          hosts:
+            app1: {ansible_host: 192.0.2.10, berth_private_address: 192.0.2.10}
+        db:
+          hosts:
+            localhost: {ansible_connection: local}
+"""
+DB_RESTORE_PLAY = RESTORE_PLAY.replace(
+    '      - {name: shop, image: "registry.example.com/shop:1.0"}\n',
+    '      - {name: shop, image: "registry.example.com/shop:1.0", data: host}\n',
+)
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["-e", "app=blog"], "App blog has nothing on the db host localhost: its data is in containers on the app "
+                             "hosts (data: local): restore it there, -l <an app host>."),
+        (["-e", "app=shop", "-e", '{"backup_restore_components": ["volumes", "paths"]}'],
+         "App shop has none of the components asked for (volumes, paths) on the db host localhost: it has postgres, "
+         "redis."),
+    ],
+)
+def test_restore_on_the_db_host_refuses_what_is_not_there_before_any_change(tmp_path: Path, extra: list,
+                                                                           says: str) -> None:
+    """The db host (group db) restores only the database and Redis of apps with data: host."""
+    assert "data: host" in DB_RESTORE_PLAY
+    (tmp_path / "play.yml").write_text(DB_RESTORE_PLAY)
+    (tmp_path / "inventory.yml").write_text(DB_INVENTORY)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_CACHE_PLUGIN="memory")
+    argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(tmp_path / "inventory.yml"),
+            str(tmp_path / "play.yml"), "-e", f"ansible_python_interpreter={sys.executable}", *extra]
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
     assert says in done.stdout
     assert "Look for the backup program" not in done.stdout

@@ -9,6 +9,7 @@ role's filters (roles/backup/filter_plugins/backup.py) decide what each app's sn
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -49,9 +50,18 @@ def record(finished: float, **apps: dict) -> dict:
 
 
 def app(name: str, postgres: bool = True, redis: bool = True, volumes: tuple[str, ...] = ()) -> object:
-    return bb.App(name=name, project=name, postgres_service="postgres" if postgres else None,
-                  redis_service="redis" if redis else None, paths=(f"/opt/{name}",),
+    """An app of an app host with its PostgreSQL and Redis in containers (data: local)."""
+    return bb.App(name=name, project=name, postgres=bb.Postgres("container", service="postgres") if postgres else None,
+                  redis=bb.Redis("container", service="redis") if redis else None, paths=(f"/opt/{name}",),
                   exclude=(f"/opt/{name}/images",), volumes=volumes)
+
+
+def db_app(name: str, port: int, redis: bool = True, password_file: str = "/nonexistent") -> object:
+    """An app of the db host (data: host): its database in the host's cluster, its own Redis instance."""
+    return bb.App(name=name, project=name, postgres=bb.Postgres("host", database=name.replace("-", "_")),
+                  redis=bb.Redis("host", unit=f"redis-server@{name}", port=port, dir=f"/var/lib/redis/{name}",
+                                 password_file=password_file) if redis else None,
+                  paths=(), exclude=(), volumes=())
 
 
 def test_a_failed_run_keeps_the_last_success_and_size() -> None:
@@ -183,26 +193,33 @@ def test_a_snapshots_app_is_its_tag() -> None:
 
 
 PLAN = [
-    {"name": "shop", "project": "shop", "dir": "/opt/shop", "postgres": True, "redis": True},
-    {"name": "shop-admin", "project": "shop-admin", "dir": "/opt/shop-admin", "postgres": True, "redis": False},
-    {"name": "blog", "project": "blog", "dir": "/opt/blog", "postgres": False, "redis": False},
+    {"name": "shop", "project": "shop", "dir": "/opt/shop", "local_services": ["postgres", "redis"],
+     "data": "local", "postgres": True, "redis": True, "db_name": "shop", "db_redis_port": 21000,
+     "db_secrets_dir": "/etc/berth/db/shop"},
+    {"name": "shop-admin", "project": "shop-admin", "dir": "/opt/shop-admin", "local_services": ["postgres"],
+     "data": "local", "postgres": True, "redis": False, "db_name": "shop_admin", "db_redis_port": 21002,
+     "db_secrets_dir": "/etc/berth/db/shop-admin"},
+    {"name": "blog", "project": "blog", "dir": "/opt/blog", "local_services": [], "data": "local", "postgres": False,
+     "redis": False, "db_name": "blog", "db_redis_port": 21004, "db_secrets_dir": "/etc/berth/db/blog"},
 ]
 
 
 def test_each_app_gets_its_services_directory_and_volumes() -> None:
     volumes = ["shop_uploads", "shop-admin-files", "blog-media", "shop-cache"]
     apps = filters.backup_apps(PLAN, volumes, ["*.tmp"])
-    assert apps[0] == {"name": "shop", "project": "shop", "postgres_service": "postgres", "redis_service": "redis",
+    assert apps[0] == {"name": "shop", "project": "shop", "postgres": {"kind": "container", "service": "postgres"},
+                       "redis": {"kind": "container", "service": "redis"},
                        "paths": ["/opt/shop"], "exclude": ["/opt/shop/images", "*.tmp"],
-                       "volumes": ["shop_uploads", "shop-cache"]}
+                       "volumes": ["shop_uploads", "shop-cache"],
+                       "components": ["postgres", "redis", "volumes", "paths"]}
     # The longer name owns shop-admin-files.
-    assert (apps[1]["volumes"], apps[1]["redis_service"]) == (["shop-admin-files"], None)
-    assert (apps[2]["volumes"], apps[2]["postgres_service"], apps[2]["exclude"]) == (
-        ["blog-media"], None, ["/opt/blog/images", "*.tmp"])
+    assert (apps[1]["volumes"], apps[1]["redis"]) == (["shop-admin-files"], None)
+    assert (apps[2]["volumes"], apps[2]["postgres"], apps[2]["exclude"], apps[2]["components"]) == (
+        ["blog-media"], None, ["/opt/blog/images", "*.tmp"], ["volumes", "paths"])
     # The configuration the program reads back.
     loaded = bb.App.load(apps[1])
-    assert (loaded.name, loaded.postgres_service, loaded.redis_service, loaded.volumes) == (
-        "shop-admin", "postgres", None, ("shop-admin-files",))
+    assert (loaded.name, loaded.postgres, loaded.redis, loaded.volumes, loaded.in_docker) == (
+        "shop-admin", bb.Postgres("container", service="postgres"), None, ("shop-admin-files",), True)
     assert filters.backup_apps([], volumes, []) == []
 
 
@@ -287,10 +304,11 @@ def test_configuration_as_the_role_writes_it(tmp_path: Path) -> None:
             {
                 "host": "web1",
                 "apps": [
-                    {"name": "shop", "project": "shop", "postgres_service": "postgres", "redis_service": "redis",
+                    {"name": "shop", "project": "shop", "postgres": {"kind": "container", "service": "postgres"},
+                     "redis": {"kind": "container", "service": "redis"},
                      "paths": ["/opt/shop"], "exclude": ["/opt/shop/images"], "volumes": []},
-                    {"name": "blog", "project": "blog", "postgres_service": "postgres", "redis_service": None,
-                     "paths": ["/opt/blog"], "exclude": ["/opt/blog/images"], "volumes": ["blog_media"]},
+                    {"name": "blog", "project": "blog", "postgres": {"kind": "container", "service": "postgres"},
+                     "redis": None, "paths": ["/opt/blog"], "exclude": ["/opt/blog/images"], "volumes": ["blog_media"]},
                 ],
                 "repositories": [
                     {"name": "local", "url": "/srv/restic", "options": [], "env_file": None},
@@ -305,7 +323,7 @@ def test_configuration_as_the_role_writes_it(tmp_path: Path) -> None:
     cfg = bb.Config.load(config)
     assert cfg.keep == {"hourly": 24, "daily": 7}
     assert [a.name for a in cfg.apps] == ["shop", "blog"]
-    assert cfg.apps[1].redis_service is None and cfg.apps[1].volumes == ("blog_media",)
+    assert cfg.apps[1].redis is None and cfg.apps[1].volumes == ("blog_media",)
     assert cfg.restore_test_repository == "local"
     assert bb.restic_argv(cfg.repository("offsite"), "snapshots") == ["restic", "-o", "sftp.args=-F /x", "snapshots"]
     with pytest.raises(bb.BackupError, match="no repository named 'cloud'"):
@@ -447,3 +465,389 @@ def test_the_restore_test_has_one_result_per_app(tmp_path: Path, monkeypatch: py
     args.app = "shop"
     assert bb.cmd_verify(cfg, args) == 0
     assert list(json.loads((tmp_path / "state" / "last-restore-test.json").read_text())["apps"]) == ["shop"]
+
+
+# --- the db host (group db): the data of apps with data: host ------------------------------------
+
+TOPOLOGY_PLAN = [
+    {**PLAN[0], "data": "host", "local_services": []},
+    {**PLAN[1], "data": "host", "local_services": []},
+    {**PLAN[2], "data": "local", "postgres": True, "redis": True, "local_services": ["postgres", "redis"]},
+    {"name": "news", "project": "news", "dir": "/opt/news", "local_services": [], "data": "external",
+     "postgres": True, "redis": True, "db_name": "news", "db_redis_port": 21006,
+     "db_secrets_dir": "/etc/berth/db/news"},
+]
+
+
+def test_the_db_host_backs_up_the_database_and_redis_of_each_app_with_data_host() -> None:
+    apps = filters.backup_apps(TOPOLOGY_PLAN, ["shop_uploads"], ["*.tmp"], "db")
+    assert apps == [
+        {"name": "shop", "project": "shop",
+         "postgres": {"kind": "host", "database": "shop", "port": 5432},
+         "redis": {"kind": "host", "unit": "redis-server@shop", "port": 21000, "dir": "/var/lib/redis/shop",
+                   "password_file": "/etc/berth/db/shop/redis-password"},
+         "paths": [], "exclude": [], "volumes": [], "components": ["postgres", "redis"]},
+        {"name": "shop-admin", "project": "shop-admin",
+         "postgres": {"kind": "host", "database": "shop_admin", "port": 5432}, "redis": None,
+         "paths": [], "exclude": [], "volumes": [], "components": ["postgres"]},
+    ]
+    loaded = bb.App.load(apps[0])
+    assert loaded.postgres == bb.Postgres("host", database="shop")
+    assert (loaded.redis.unit, loaded.redis.port, loaded.in_docker) == ("redis-server@shop", 21000, False)
+    # An app with data: host and neither PostgreSQL nor Redis has nothing on the db host.
+    assert filters.backup_apps([{**TOPOLOGY_PLAN[1], "postgres": False}], [], [], "db") == []
+    with pytest.raises(ValueError, match="host_role must be one of app, db"):
+        filters.backup_apps(TOPOLOGY_PLAN, [], [], "web")
+
+
+def test_an_app_host_backs_up_only_the_files_of_apps_whose_data_is_elsewhere() -> None:
+    apps = {a["name"]: a for a in filters.backup_apps(TOPOLOGY_PLAN, ["shop_uploads"], [], "app")}
+    # data: host with a volume, data: external without: what restore.yml may restore there.
+    for name, components in (("shop", ["volumes", "paths"]), ("news", ["paths"])):
+        assert (apps[name]["postgres"], apps[name]["redis"], apps[name]["components"]) == (None, None, components)
+    assert apps["shop"]["volumes"] == ["shop_uploads"] and apps["shop"]["paths"] == ["/opt/shop"]
+    assert apps["blog"]["postgres"] == {"kind": "container", "service": "postgres"}
+
+
+def test_the_host_role_is_db_only_in_the_group_db() -> None:
+    groups = {"app": ["app1", "app2"], "db": ["db1"], "berth": ["app1", "app2", "db1"]}
+    assert [filters.backup_host_role(groups, h) for h in ("app1", "db1")] == ["app", "db"]
+    assert filters.backup_host_role({"berth": ["web1"]}, "web1") == "app"  # an inventory without the groups
+
+
+@pytest.mark.parametrize(
+    ("name", "role", "components", "says"),
+    [
+        ("", "db", ["postgres"], "Name the app to restore with -e app=NAME: the db host db1 has 2 apps (shop, "
+                                 "shop-admin)."),
+        ("blog", "db", ["postgres"], "App blog has nothing on the db host db1: its data is in containers on the app "
+                                     "hosts (data: local): restore it there, -l <an app host>."),
+        ("news", "db", ["postgres"], "App news has nothing on the db host db1: its data is in a managed database"),
+        ("wiki", "db", ["postgres"], 'There is no app "wiki" on this host; its apps: shop, shop-admin (-e app=NAME).'),
+        ("shop-admin", "db", ["redis", "volumes"], "App shop-admin has none of the components asked for (redis, "
+                                                   "volumes) on the db host db1: it has postgres."),
+        ("blog", "app", ["redis"], ""),
+        # An app host stops an app only to restore something of it there: not for an app whose data is on
+        # the db host and that has no volume, with the default components.
+        ("shop", "app", ["postgres", "redis", "volumes"], "App shop has none of the components asked for (postgres, "
+                                                          "redis, volumes): it has paths."),
+        ("shop", "app", ["paths"], ""),
+        ("shop", "db", ["postgres", "redis", "volumes"], ""),
+        ("", "app", ["volumes"], "Name the app to restore with -e app=NAME: this host has 4 apps"),
+    ],
+)
+def test_restore_names_what_it_cannot_restore_on_this_host(name: str, role: str, components: list, says: str) -> None:
+    host_apps = filters.backup_apps(TOPOLOGY_PLAN, [], [], role)
+    refusal = filters.backup_restore_refusal(name, TOPOLOGY_PLAN, host_apps, role, "db1", components)
+    assert refusal.startswith(says) if says else refusal == ""
+
+
+def test_restore_without_an_app_on_a_db_host_with_one_app_or_none() -> None:
+    one = filters.backup_apps(TOPOLOGY_PLAN[:1], [], [], "db")
+    assert filters.backup_restore_refusal("", TOPOLOGY_PLAN, one, "db", "db1", ["postgres"]) == ""
+    assert filters.backup_restore_refusal("", TOPOLOGY_PLAN, [], "db", "db1", ["postgres"]) == (
+        "No app keeps its data on the db host db1 (data: host): nothing to restore here.")
+
+
+def test_an_app_answers_its_health_on_its_live_colours_port() -> None:
+    shop = {"ports": {"blue": 21000, "green": 21001}, "web": {"health_path": "/healthz"}}
+    assert filters.backup_health_url(shop, "green\n") == "http://127.0.0.1:21001/healthz"
+    assert filters.backup_health_url(shop, "blue") == "http://127.0.0.1:21000/healthz"
+    assert filters.backup_health_url(shop, None) == "http://127.0.0.1:21000/healthz"
+    assert filters.backup_health_url(shop, "purple") == "http://127.0.0.1:21000/healthz"
+
+
+class FakePsql:
+    """A psql session of the fakes: records (database, statement), answers by the statement's start, and fails
+    (as psql with ON_ERROR_STOP does) on a statement holding `fail_on`."""
+
+    def __init__(self, log: list, database: str, answers: dict[str, list], fail_on: str | None = None) -> None:
+        self.log, self.database, self.answers, self.fail_on = log, database, answers, fail_on
+
+    def rows(self, sql: str) -> list[list[str]]:
+        self.log.append((self.database, sql))
+        if self.fail_on and self.fail_on in sql:
+            raise bb.BackupError(f"psql (database {self.database} on this host) failed: ERROR: {self.fail_on}")
+        return next((rows for start, rows in self.answers.items() if sql.startswith(start)), [])
+
+    def __enter__(self) -> FakePsql:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def fake_psql(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list], fail_on: str | None = None) -> list:
+    log: list = []
+    monkeypatch.setattr(bb, "host_psql", lambda pg, database: FakePsql(log, database, answers, fail_on))
+    return log
+
+
+class FakeRun:
+    """bb.run of the fakes: records each command with its environment, answers by the command's words."""
+
+    def __init__(self, answers: dict[str, bytes] | None = None) -> None:
+        self.calls: list[tuple[list[str], dict | None]] = []
+        self.answers = answers or {}
+
+    def __call__(self, argv: list[str], what: str, *, env: dict | None = None, stdout: object = None,
+                 check: bool = True, **kwargs: object) -> object:
+        self.calls.append((list(argv), env))
+        if "--rdb" in argv:
+            Path(argv[argv.index("--rdb") + 1]).write_bytes(b"REDIS0011 fake")
+        if argv[:5] == ["runuser", "-u", "postgres", "--", "pg_dump"] and hasattr(stdout, "write"):
+            stdout.write(b"PGDMP fake")
+        reply = next((answer for words, answer in self.answers.items() if words in " ".join(argv)), b"")
+        return type("Done", (), {"returncode": 0, "stdout": reply, "stderr": b""})()
+
+    def argvs(self) -> list[list[str]]:
+        return [argv for argv, _env in self.calls]
+
+
+PG_ANSWERS = {
+    "SELECT pg_export_snapshot()": [["00000003-0000001B-1"]],
+    "SELECT format(": [["public.visits"]],
+    "SELECT count(*)": [["3", "-42"]],
+    "SELECT pg_database_size(current_database()), ": [["8000000", "shop", "17.6 (Debian 17.6-0+deb13u1)"]],
+    "SELECT pg_database_size(current_database());": [["8000000"]],
+}
+
+
+def test_a_db_host_backup_runs_as_postgres_passes_no_password_and_never_calls_docker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """collect() of an app of the db host: the space check, pg_dump as the local superuser postgres inside the
+    snapshot the table figures are read in, redis-cli --rdb of the app's instance with its password in the
+    environment only; no docker command at all (the db host has no engine)."""
+    password = tmp_path / "redis-password"
+    password.write_text("s3cretRedisPassw0rd\n")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    log = fake_psql(monkeypatch, PG_ANSWERS)
+    fake = FakeRun({"INFO keyspace": b"# Keyspace\r\ndb0:keys=5,expires=0,avg_ttl=0\r\n",
+                    "INFO memory": b"used_memory:1048576\r\n", "CONFIG GET appendonly": b"appendonly\nyes",
+                    "CONFIG GET dbfilename": b"dbfilename\ndump.rdb", "INFO server": b"redis_version:8.0.2\r\n"})
+    monkeypatch.setattr(bb, "run", fake)
+    cfg = config(tmp_path, ())
+    manifest = bb.collect(cfg, db_app("shop", 21000, password_file=str(password)), staging)
+
+    assert not [argv for argv in fake.argvs() if "docker" in argv]
+    assert ["runuser", "-u", "postgres", "--", "pg_dump", "--format=custom", "--compress=0",
+            "--snapshot=00000003-0000001B-1", "-p", "5432", "-d", "shop"] in fake.argvs()
+    # The dump's snapshot was exported in the transaction the table figures are read in, before the dump.
+    statements = [sql for database, sql in log if database == "shop"]
+    assert statements.index("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;") < statements.index(
+        "SELECT pg_export_snapshot();") < statements.index("COMMIT;")
+    assert manifest["postgres"] | {"seconds": 0} == {
+        "kind": "host", "database": "shop", "owner": "shop", "port": 5432,
+        "server_version": "17.6 (Debian 17.6-0+deb13u1)", "database_bytes": 8000000,
+        "dump": "postgres/database.dump", "rows": 3, "seconds": 0,
+        "tables": {"public.visits": {"rows": 3, "checksum": "-42"}}}
+    rdb = [argv for argv in fake.argvs() if "--rdb" in argv]
+    assert rdb == [["redis-cli", "--no-auth-warning", "-h", "127.0.0.1", "-p", "21000", "--rdb",
+                    str(staging / "redis" / "dump.rdb")]]
+    assert all("s3cretRedisPassw0rd" not in " ".join(argv) for argv in fake.argvs())
+    assert {env["REDISCLI_AUTH"] for argv, env in fake.calls if argv[0] == "redis-cli"} == {"s3cretRedisPassw0rd"}
+    assert manifest["redis"] | {"seconds": 0} == {
+        "kind": "host", "unit": "redis-server@shop", "port": 21000, "dir": "/var/lib/redis/shop",
+        "dbfilename": "dump.rdb", "appendonly": "yes", "server_version": "8.0.2", "rdb": "redis/dump.rdb", "keys": 5,
+        "keys_exact": True, "seconds": 0}
+    assert sorted(manifest["files"]) == ["postgres/database.dump", "redis/dump.rdb"]
+    assert (manifest["volumes"], manifest["paths"]) == ([], [])
+
+
+def test_the_swap_ends_the_apps_sessions_then_renames_both_in_one_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = fake_psql(monkeypatch, {"SELECT 1 FROM pg_database": [["1"]]})
+    pg = bb.Postgres("host", database="shop")
+    assert bb.swap_host_database(pg, "shop_restoring", "shop_before_restore_20261127_010203") is True
+    assert [sql for _db, sql in log] == [
+        "SELECT 1 FROM pg_database WHERE datname = 'shop';",
+        'ALTER DATABASE "shop" ALLOW_CONNECTIONS false;',
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = 'shop' "
+        "AND pid <> pg_backend_pid();",
+        "BEGIN;",
+        'ALTER DATABASE "shop" RENAME TO "shop_before_restore_20261127_010203";',
+        'ALTER DATABASE "shop_restoring" RENAME TO "shop";',
+        "COMMIT;",
+    ]
+    assert {db for db, _sql in log} == {"postgres"}
+
+
+def test_a_failed_swap_opens_the_live_database_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = fake_psql(monkeypatch, {"SELECT 1 FROM pg_database": [["1"]]}, fail_on="RENAME TO \"shop_before")
+    with pytest.raises(bb.BackupError, match="RENAME TO"):
+        bb.swap_host_database(bb.Postgres("host", database="shop"), "shop_restoring", "shop_before_restore_x")
+    statements = [sql for _db, sql in log]
+    assert 'ALTER DATABASE "shop_restoring" RENAME TO "shop";' not in statements
+    assert statements[-1] == 'ALTER DATABASE "shop" ALLOW_CONNECTIONS true;'
+
+
+def test_a_lost_live_database_is_replaced_without_keeping_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = fake_psql(monkeypatch, {})
+    assert bb.swap_host_database(bb.Postgres("host", database="shop"), "shop_restoring", "unused") is False
+    assert [sql for _db, sql in log] == ["SELECT 1 FROM pg_database WHERE datname = 'shop';", "BEGIN;",
+                                         'ALTER DATABASE "shop_restoring" RENAME TO "shop";', "COMMIT;"]
+
+
+def test_a_db_host_restore_swaps_only_a_database_that_matched_the_manifest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bb, "host_pg_ready", lambda pg: True)
+    dropped: list[str] = []
+    swapped: list[tuple] = []
+    monkeypatch.setattr(bb, "drop_host_database", lambda pg, name: dropped.append(name))
+    monkeypatch.setattr(bb, "swap_host_database", lambda pg, restored, kept: swapped.append((restored, kept)) or True)
+
+    def differs(pg: object, work: Path, item: dict, name: str) -> dict:
+        raise bb.BackupError("the restored database differs from the backup: public.visits: 2 rows, expected 3")
+
+    monkeypatch.setattr(bb, "host_checked_restore", differs)
+    touched: list[str] = []
+    cfg = config(tmp_path, ())
+    with pytest.raises(bb.BackupError, match="differs"):
+        bb.restore_host_postgres(cfg, db_app("shop", 21000), {}, tmp_path, touched)
+    assert (touched, swapped, dropped) == ([], [], ["shop_restoring"])
+
+    monkeypatch.setattr(bb, "host_checked_restore", lambda pg, work, item, name: {"tables": 1, "rows": 3,
+                                                                                 "matches_manifest": True})
+    monkeypatch.setattr(bb.time, "time", lambda: 1795741323.0)  # 2026-11-27 01:02:03 UTC
+    result = bb.restore_host_postgres(cfg, db_app("shop", 21000), {}, tmp_path, touched)
+    assert touched == ["postgres"]
+    assert swapped == [("shop_restoring", "shop_before_restore_20261127_010203")]
+    assert (result["database"], result["kept"], result["matches_manifest"]) == (
+        "shop", "shop_before_restore_20261127_010203", True)
+
+
+def test_the_restore_test_database_is_dropped_whatever_the_outcome(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    dropped: list[str] = []
+    monkeypatch.setattr(bb, "drop_host_database", lambda pg, name: dropped.append(name))
+
+    def differs(pg: object, work: Path, item: dict, name: str) -> dict:
+        raise bb.BackupError("the restored database differs from the backup")
+
+    monkeypatch.setattr(bb, "host_checked_restore", differs)
+    cfg = config(tmp_path, ())
+    item = {"kind": "host", "database": "shop_admin", "port": 5432}
+    with pytest.raises(bb.BackupError, match="differs"):
+        bb.verify_postgres(cfg, db_app("shop-admin", 21002), item, tmp_path)
+    monkeypatch.setattr(bb, "host_checked_restore", lambda pg, work, item, name: {"tables": 1})
+    assert bb.verify_postgres(cfg, db_app("shop-admin", 21002), item, tmp_path) == {
+        "database": "berth_restore_test_shop_admin", "tables": 1}
+    assert dropped == ["berth_restore_test_shop_admin"] * 2
+
+
+def test_a_restored_database_is_made_as_db_host_makes_the_apps(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = fake_psql(monkeypatch, {"SELECT 1 FROM pg_roles": [["1"]]})
+    bb.create_host_database(bb.Postgres("host", database="shop"), "shop_restoring")
+    assert [sql for _db, sql in log] == [
+        "SELECT 1 FROM pg_roles WHERE rolname = 'shop';",
+        'DROP DATABASE IF EXISTS "shop_restoring" WITH (FORCE);',
+        'CREATE DATABASE "shop_restoring" TEMPLATE template0 OWNER "shop";',
+        'REVOKE CONNECT, TEMPORARY ON DATABASE "shop_restoring" FROM PUBLIC;',
+    ]
+    log = fake_psql(monkeypatch, {})
+    with pytest.raises(bb.BackupError, match="no role shop: apply the data layer"):
+        bb.create_host_database(bb.Postgres("host", database="shop"), "shop_restoring")
+    assert len(log) == 1
+
+
+def test_what_a_restore_keeps_is_named_by_its_utc_time_and_fits_postgres() -> None:
+    ts = 1795741323.0  # 2026-11-27 01:02:03 UTC
+    assert bb.kept_database_name("shop", ts) == "shop_before_restore_20261127_010203"
+    assert len(bb.kept_database_name("a" * 30, ts)) <= 63  # the longest db_name (app names: 30 characters)
+    with pytest.raises(bb.BackupError, match="longer than PostgreSQL's 63 bytes"):
+        bb.kept_database_name("a" * 40, ts)
+    assert bb.kept_redis_dir("/var/lib/redis/shop", ts) == Path("/var/lib/redis/shop.before-restore-20261127_010203")
+    assert bb.restore_test_database_name("shop") == "berth_restore_test_shop"
+
+
+def test_a_db_host_redis_restore_keeps_the_old_data_and_converts_to_the_append_only_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "redis" / "shop"
+    data.mkdir(parents=True)
+    (data / "appendonlydir").mkdir()
+    work = tmp_path / "work"
+    (work / "redis").mkdir(parents=True)
+    (work / "redis" / "dump.rdb").write_bytes(b"REDIS0011 snapshot")
+    events: list = []
+    fake = FakeRun()
+    monkeypatch.setattr(bb, "run", fake)
+    monkeypatch.setattr(bb, "chown_to", lambda path, user: events.append(("chown", Path(path).name, user)))
+
+    @bb.contextlib.contextmanager
+    def scratch(directory: Path, dbfilename: str, timeout: float) -> object:
+        events.append(("scratch", sorted(p.name for p in directory.iterdir()), dbfilename))
+        yield "scratch-cli"
+
+    monkeypatch.setattr(bb, "scratch_redis_server", scratch)
+    monkeypatch.setattr(bb, "rewrite_aof", lambda cli, timeout: events.append(("rewrite", cli)))
+    monkeypatch.setattr(bb, "host_redis", lambda redis: "instance-cli")
+    monkeypatch.setattr(bb, "wait_redis_loaded", lambda cli, timeout: events.append(("loaded", cli)))
+    monkeypatch.setattr(bb, "redis_keys", lambda cli: 5)
+    monkeypatch.setattr(bb.time, "time", lambda: 1795741323.0)
+    shop = bb.App("shop", "shop", None, bb.Redis("host", unit="redis-server@shop", port=21000, dir=str(data)),
+                  (), (), ())
+    touched: list[str] = []
+    item = {"kind": "host", "rdb": "redis/dump.rdb", "dbfilename": "dump.rdb", "appendonly": "yes", "keys": 5,
+            "keys_exact": True}
+    result = bb.restore_host_redis(config(tmp_path, ()), shop, item, work, touched)
+
+    kept = tmp_path / "redis" / "shop.before-restore-20261127_010203"
+    assert result["kept"] == str(kept) and result["keys"] == 5 and touched == ["redis"]
+    assert (kept / "appendonlydir").is_dir()
+    assert (data / "dump.rdb").read_bytes() == b"REDIS0011 snapshot"
+    assert fake.argvs() == [["systemctl", "stop", "redis-server@shop"], ["systemctl", "start", "redis-server@shop"]]
+    assert events == [("chown", "shop", "redis"), ("chown", "dump.rdb", "redis"),
+                      ("scratch", ["dump.rdb"], "dump.rdb"), ("rewrite", "scratch-cli"), ("loaded", "instance-cli")]
+    # A key count that differs fails the restore (after the instance started on the snapshot).
+    monkeypatch.setattr(bb, "redis_keys", lambda cli: 4)
+    with pytest.raises(bb.BackupError, match="Redis has 4 keys after the restore, the backup recorded 5"):
+        bb.restore_host_redis(config(tmp_path, ()), shop, item | {"appendonly": "no"}, work, [])
+    # (a second restore within the same second keeps the directory under the next free name)
+    assert (tmp_path / "redis" / "shop.before-restore-20261127_010203.2" / "dump.rdb").is_file()
+
+
+def test_a_scratch_redis_listens_on_a_socket_only_and_saves_nothing() -> None:
+    text = bb.scratch_redis_config(Path("/var/lib/redis/x"), "dump.rdb", Path("/var/lib/redis/s/redis.sock"))
+    assert text.splitlines() == ["port 0", "unixsocket /var/lib/redis/s/redis.sock", "unixsocketperm 700",
+                                 "dir /var/lib/redis/x", "dbfilename dump.rdb", "appendonly no", 'save ""',
+                                 "daemonize no", 'logfile ""']
+
+
+def test_a_db_host_restore_leaves_the_running_apps_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No docker on the db host: the apps keep running while their database is swapped and Redis restarts."""
+    monkeypatch.setattr(bb, "STATE_DIR", tmp_path / "state")
+    monkeypatch.setattr(bb, "resolve_snapshot", lambda cfg, repo, one, wanted: {"id": "s1", "short_id": "s1",
+                                                                                 "time": "t"})
+    monkeypatch.setattr(bb, "fetch", lambda cfg, repo, snapshot, work: {"postgres": {}, "redis": {}, "volumes": [],
+                                                                        "paths": []})
+
+    def no_docker(one: object) -> set:
+        raise AssertionError("docker ps on the db host")
+
+    monkeypatch.setattr(bb, "running_services", no_docker)
+    done: list[str] = []
+    monkeypatch.setattr(bb, "restore_host_postgres", lambda cfg, one, item, work, touched: done.append("pg") or {})
+    monkeypatch.setattr(bb, "restore_host_redis", lambda cfg, one, item, work, touched: done.append("redis") or {})
+    args = argparse.Namespace(components="postgres,redis,volumes", app="shop", repository=None, snapshot="latest")
+    record: dict = {}
+    bb.restore(config(tmp_path, (db_app("shop", 21000),)), args, record, [])
+    assert done == ["pg", "redis"] and record["files"] == {}
+    args = argparse.Namespace(components="redis", app="blog", repository=None, snapshot="latest")
+    with pytest.raises(bb.BackupError, match="app blog has no redis on this host"):
+        bb.restore(config(tmp_path, (db_app("blog", 21004, redis=False),)), args, {}, [])
+
+
+def test_after_boot_a_data_service_that_never_answers_holds_back_only_its_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run at boot waits for the apps' servers; one that never answers is left to its app's backup (which then
+    fails naming it), and the others are still waited for."""
+    monkeypatch.setattr(bb, "seconds_since_boot", lambda: bb.BOOT_SETTLE - 1)
+    waited: list[tuple[str, str]] = []
+
+    def redis_up(one: object, redis: object, timeout: float) -> None:
+        waited.append((one.name, "redis"))
+        raise bb.BackupError("Redis redis-server@shop answering after boot: not reached after 1 s")
+
+    monkeypatch.setattr(bb, "wait_redis_up", redis_up)
+    monkeypatch.setattr(bb, "wait_postgres_up", lambda one, pg, timeout: waited.append((one.name, "postgres")))
+    bb.settle_after_boot(config(Path("/nonexistent"), (db_app("shop", 21000), db_app("blog", 21004, redis=False))))
+    assert waited == [("shop", "postgres"), ("shop", "redis"), ("blog", "postgres")]

@@ -32,6 +32,8 @@ SPOILT: dict[str, dict] = {
     "two security archive URIs": {"hardening_apt_security_uri": "http://a.example/debian-security http://b.example/ds"},
     "security archive without a scheme": {"hardening_apt_security_uri": "security.debian.org/debian-security"},
     "source rule port 0": rule(port=0),
+    "valid source rule port range": rule(port="20000-27999"),
+    "source rule reversed range": rule(port="27999-20000"),
     "source rule proto icmp": rule(proto="icmp"),
     "source rule without sources": rule(sources=[]),
     "host name as source": rule(sources=["monitoring.example.com"]),
@@ -70,6 +72,7 @@ def test_valid_input_passes(outcomes: dict[str, dict], case: str) -> None:
         ),
         ("security archive without a scheme", "hardening_apt_security_uri must be empty (the distribution's security"),
         ("source rule port 0", "Each port in hardening_firewall_source_rules must be a port number 1-65535"),
+        ("source rule reversed range", "must be a port number 1-65535 or a range of them, e.g. port: 9100 or port:"),
         ("source rule proto icmp", "value of proto must be one of: tcp, udp"),
         (
             "source rule without sources",

@@ -400,7 +400,13 @@ def test_plugin_config_expressions_compile(config: Path) -> None:
 # --- The plugins against a fake API on 127.0.0.1 ----------------------------------------------------
 
 
-def hcloud_server(ident: int, name: str, ipv4: str, location: str, labels: dict[str, str]) -> dict[str, Any]:
+def hcloud_server(
+    ident: int, name: str, ipv4: str, location: str, labels: dict[str, str], private: str | None = None
+) -> dict[str, Any]:
+    """A server as the API describes it; `private`: its address on the network "berth" (none: not on it)."""
+    private_net = [
+        {"network": HCLOUD_NETWORK["id"], "ip": private, "alias_ips": [], "mac_address": "86:00:00:00:00:01"}
+    ]
     return {
         "id": ident,
         "name": name,
@@ -416,43 +422,55 @@ def hcloud_server(ident: int, name: str, ipv4: str, location: str, labels: dict[
             "floating_ips": [],
             "firewalls": [],
         },
-        "private_net": [],
+        "private_net": private_net if private else [],
     }
 
 
-def droplet(ident: int, name: str, ipv4: str, region: str, tags: list[str]) -> dict[str, Any]:
-    networks = {
-        "v4": [
-            {"ip_address": "10.10.0.5", "type": "private", "netmask": "255.255.0.0", "gateway": "10.10.0.1"},
-            {"ip_address": ipv4, "type": "public", "netmask": "255.255.255.0", "gateway": "203.0.113.1"},
-        ],
-        "v6": [],
-    }
+def droplet(ident: int, name: str, ipv4: str, region: str, tags: list[str], private: str | None) -> dict[str, Any]:
+    """A droplet as the API describes it; `private`: its address in the VPC (None: it has none)."""
+    public = {"ip_address": ipv4, "type": "public", "netmask": "255.255.255.0", "gateway": "203.0.113.1"}
+    vpc = {"ip_address": private, "type": "private", "netmask": "255.255.240.0", "gateway": "10.114.0.1"}
+    networks = {"v4": [vpc, public] if private else [public], "v6": []}
     return {"id": ident, "name": name, "networks": networks, "region": {"slug": region}, "tags": tags,
             "size_slug": "s-1vcpu-1gb", "status": "active"}  # fmt: skip
 
 
 PAGE = {"pagination": {"page": 1, "per_page": 50, "previous_page": None, "next_page": None, "last_page": 1}}
+# The shapes of inventories/hcloud/README.md and inventories/digitalocean/README.md, with the private
+# addresses of the static stand-ins of tests/fixtures/<provider>-fill.yml (tests/test_cloud_examples.py).
+HCLOUD_NETWORK = {"id": 4711, "name": "berth", "ip_range": "10.0.0.0/16", "subnets": [], "routes": [], "servers": [],
+                  "load_balancers": [], "labels": {}, "protection": {"delete": False},
+                  "created": "2026-01-01T00:00:00+00:00", "expose_routes_to_vswitch": False}  # fmt: skip
+BERTH = {"berth": "production"}
 FAKE_API = {
     # path (without the query): the JSON answer of the provider's API
     "/hcloud/v1/locations": {"locations": [{"id": 1, "name": "fsn1"}], "meta": PAGE},
+    "/hcloud/v1/networks": {"networks": [HCLOUD_NETWORK], "meta": PAGE},
+    f"/hcloud/v1/networks/{HCLOUD_NETWORK['id']}": {"network": HCLOUD_NETWORK},
     "/hcloud/v1/servers": {
         "servers": [
-            hcloud_server(1, "app1", "203.0.113.10", "fsn1", {"berth": "production", "role": "app"}),
-            hcloud_server(2, "prometheus", "198.51.100.20", "nbg1", {"role": "monitoring"}),
-            hcloud_server(3, "unrelated", "203.0.113.99", "fsn1", {}),
+            hcloud_server(1, "app1", "203.0.113.10", "fsn1", {**BERTH, "role": "app"}, "10.0.0.3"),
+            hcloud_server(2, "app2", "203.0.113.11", "nbg1", {**BERTH, "role": "app"}, "10.0.0.4"),
+            hcloud_server(3, "db1", "203.0.113.20", "fsn1", {**BERTH, "role": "db"}, "10.0.0.10"),
+            hcloud_server(4, "prometheus", "198.51.100.20", "nbg1", {"role": "monitoring"}, "10.0.0.20"),
+            # On the network, labelled role=db but not berth: not berth's database server.
+            hcloud_server(5, "other-db", "203.0.113.98", "fsn1", {"role": "db"}, "10.0.0.30"),
+            # Not on the network: left out, even with berth's labels.
+            hcloud_server(6, "unrelated", "203.0.113.99", "fsn1", {}),
+            hcloud_server(7, "app9-off-network", "203.0.113.97", "fsn1", {**BERTH, "role": "app"}),
         ],
         "meta": PAGE,
     },
     "/do/v2/droplets": {
         "droplets": [
-            droplet(11, "app1", "203.0.113.10", "fra1", ["berth", "role:app", "env:production"]),
-            droplet(12, "prometheus", "198.51.100.20", "ams3", ["role:monitoring", "env:production"]),
-            droplet(13, "unrelated", "203.0.113.99", "fra1", ["env:production"]),
-            droplet(14, "app1-staging", "203.0.113.20", "fra1", ["berth", "role:app", "env:staging"]),
+            droplet(11, "app1", "203.0.113.10", "fra1", ["berth", "role:app", "env:production"], "10.114.0.2"),
+            droplet(12, "app2", "203.0.113.11", "fra1", ["berth", "role:app", "env:production"], "10.114.0.3"),
+            droplet(13, "prometheus", "198.51.100.20", "fra1", ["role:monitoring", "env:production"], "10.114.0.9"),
+            droplet(14, "unrelated", "203.0.113.99", "fra1", ["env:production"], "10.114.0.50"),
+            droplet(15, "app1-staging", "203.0.113.20", "fra1", ["berth", "role:app", "env:staging"], "10.116.0.2"),
         ],
         "links": {},
-        "meta": {"total": 4},
+        "meta": {"total": 5},
     },
 }
 
@@ -500,12 +518,18 @@ def local_copy(config: Path, tmp_path: Path, endpoint_option: str, endpoint: str
     return copy
 
 
-def assert_berth_groups(inventory: dict[str, Any], hostvars: dict[str, Any]) -> None:
-    assert members(inventory, "berth") == {"app1"}
-    assert members(inventory, "app") == {"app1"}
+def assert_berth_groups(inventory: dict[str, Any], hostvars: dict[str, Any], name: str) -> None:
+    """The groups and addresses are those of the example's static stand-in (tests/fixtures/<name>-fill.yml),
+    which tests/test_cloud_examples.py runs site.yml with."""
     assert members(inventory, "monitoring") == {"prometheus"}
     assert hostvars["app1"]["ansible_host"] == "203.0.113.10"
     assert hostvars["prometheus"]["ansible_host"] == "198.51.100.20"
+    stand_in = load(ROOT / "tests" / "fixtures" / f"{name}-fill.yml")["static_inventory"]["hosts"]["all"]["children"]
+    for group, spec in {**stand_in["berth"]["children"], "monitoring": stand_in["monitoring"]}.items():
+        assert members(inventory, group) == set(spec["hosts"]), group
+        for host, variables in spec["hosts"].items():
+            assert hostvars[host]["berth_private_address"] == variables["berth_private_address"], host
+    assert members(inventory, "berth") == {h for g in stand_in["berth"]["children"].values() for h in g["hosts"]}
 
 
 def test_hcloud_plugin_builds_the_groups(fake_api: FakeApi, tmp_path: Path) -> None:
@@ -514,11 +538,17 @@ def test_hcloud_plugin_builds_the_groups(fake_api: FakeApi, tmp_path: Path) -> N
     config = local_copy(HCLOUD, tmp_path, "api_endpoint", f"{fake_api.url}/hcloud/v1")
     inventory = inventory_list(config, HCLOUD_TOKEN=FAKE_TOKEN)
     hostvars = inventory["_meta"]["hostvars"]
-    assert_berth_groups(inventory, hostvars)
-    assert members(inventory, "hcloud") == {"app1", "prometheus", "unrelated"}
-    assert members(inventory, "hcloud_location_fsn1") == {"app1", "unrelated"}
+    assert_berth_groups(inventory, hostvars, "hcloud")
+    assert members(inventory, "berth") == {"app1", "app2", "db1"}
+    assert members(inventory, "db") == {"db1"}  # other-db has role=db but no berth label
+    # Only the servers on the network "berth": app9-off-network is left out despite its labels.
+    assert members(inventory, "hcloud") == {"app1", "app2", "db1", "prometheus", "other-db"}
+    assert members(inventory, "hcloud_location_fsn1") == {"app1", "db1", "other-db"}
     assert hostvars["app1"]["hcloud_labels"] == {"berth": "production", "role": "app"}
-    assert {path for path, _ in fake_api.requests} == {"/hcloud/v1/locations", "/hcloud/v1/servers"}
+    assert hostvars["db1"]["hcloud_private_networks"] == [{"id": 4711, "name": "berth", "ip": "10.0.0.10"}]
+    assert {path for path, _ in fake_api.requests} == {
+        "/hcloud/v1/locations", "/hcloud/v1/servers", "/hcloud/v1/networks", "/hcloud/v1/networks/4711"
+    }  # fmt: skip
     assert {auth for _, auth in fake_api.requests} == {f"Bearer {FAKE_TOKEN}"}
 
 
@@ -526,11 +556,26 @@ def test_digitalocean_plugin_builds_the_groups(fake_api: FakeApi, tmp_path: Path
     config = local_copy(DIGITALOCEAN, tmp_path, "baseurl", f"{fake_api.url}/do/v2")
     inventory = inventory_list(config, DO_API_TOKEN=FAKE_TOKEN)
     hostvars = inventory["_meta"]["hostvars"]
-    assert_berth_groups(inventory, hostvars)
+    assert_berth_groups(inventory, hostvars, "digitalocean")
+    assert members(inventory, "berth") == {"app1", "app2"}
+    assert "db" not in inventory  # the databases are DigitalOcean's (data: external)
     # Only this environment's droplets: the staging one is filtered out.
-    assert set(hostvars) == {"app1", "prometheus", "unrelated"}
-    assert members(inventory, "do_region_fra1") == {"app1", "unrelated"}
+    assert set(hostvars) == {"app1", "app2", "prometheus", "unrelated"}
+    assert members(inventory, "do_region_fra1") == {"app1", "app2", "prometheus", "unrelated"}
     assert fake_api.requests == [("/do/v2/droplets", f"Bearer {FAKE_TOKEN}")]
+
+
+def test_digitalocean_droplet_without_a_vpc_address_fails_the_inventory(
+    fake_api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # berth_private_address would be undefined: strict makes it an error, not a host left without it.
+    droplets = [*FAKE_API["/do/v2/droplets"]["droplets"], droplet(16, "app3", "203.0.113.12", "fra1",
+                ["berth", "role:app", "env:production"], None)]  # fmt: skip
+    monkeypatch.setitem(FAKE_API, "/do/v2/droplets", {**FAKE_API["/do/v2/droplets"], "droplets": droplets})
+    config = local_copy(DIGITALOCEAN, tmp_path, "baseurl", f"{fake_api.url}/do/v2")
+    proc = ansible("ansible-inventory", "-i", str(config), "--list", DO_API_TOKEN=FAKE_TOKEN)
+    assert proc.returncode != 0
+    assert "berth_private_address" in proc.stderr, proc.stderr
 
 
 def test_digitalocean_plugin_without_token_is_refused(fake_api: FakeApi, tmp_path: Path) -> None:
@@ -540,3 +585,34 @@ def test_digitalocean_plugin_without_token_is_refused(fake_api: FakeApi, tmp_pat
     assert proc.returncode != 0
     assert "401" in proc.stderr
     assert fake_api.requests == [("/do/v2/droplets", "Bearer ")]
+
+
+# The servers and droplets of the examples' READMEs (step by step there), and what they show.
+README_SHAPES = {
+    HCLOUD: ("/hcloud/v1/servers", "servers", "api_endpoint", "/hcloud/v1", "HCLOUD_TOKEN", [
+        hcloud_server(1, "app1", "203.0.113.10", "fsn1", {**BERTH, "role": "app"}, "10.0.0.3"),
+        hcloud_server(2, "app2", "203.0.113.11", "fsn1", {**BERTH, "role": "app"}, "10.0.0.4"),
+        hcloud_server(3, "db1", "203.0.113.20", "fsn1", {**BERTH, "role": "db"}, "10.0.0.10"),
+        hcloud_server(4, "prometheus", "198.51.100.20", "fsn1", {"role": "monitoring"}, "10.0.0.20"),
+    ]),
+    DIGITALOCEAN: ("/do/v2/droplets", "droplets", "baseurl", "/do/v2", "DO_API_TOKEN", [
+        droplet(11, "app1", "203.0.113.10", "fra1", ["berth", "role:app", "env:production"], "10.114.0.2"),
+        droplet(12, "app2", "203.0.113.11", "fra1", ["berth", "role:app", "env:production"], "10.114.0.3"),
+        droplet(13, "prometheus", "198.51.100.20", "fra1", ["role:monitoring", "env:production"], "10.114.0.9"),
+    ]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("config", list(README_SHAPES), ids=lambda p: p.name)
+def test_the_readme_shows_the_plugins_graph(
+    config: Path, fake_api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, key, option, prefix, token, hosts = README_SHAPES[config]
+    monkeypatch.setitem(FAKE_API, path, {**FAKE_API[path], key: hosts})
+    copy = local_copy(config, tmp_path, option, f"{fake_api.url}{prefix}")
+    graph = ansible("ansible-inventory", "-i", str(copy), "--graph", **{token: FAKE_TOKEN})
+    assert graph.returncode == 0, graph.stderr
+    readme = (config.parent / "README.md").read_text()
+    shown = re.search(r"^```\n(@all:\n.*?)^```", readme, re.MULTILINE | re.DOTALL)
+    assert shown, "the README shows no ansible-inventory --graph"
+    assert shown[1].strip() == graph.stdout.strip()

@@ -1,4 +1,4 @@
-"""The project's own Ansible plugins (plugins/): the berth_ip_network Jinja test."""
+"""The project's own Ansible plugins (plugins/): the Jinja tests berth_ip_network and berth_port."""
 
 from __future__ import annotations
 
@@ -122,3 +122,20 @@ def test_certificates_that_match_their_sites_are_kept() -> None:
 )
 def test_missing_or_changed_certificates_are_requested(infos: list, key_type: str, wanted: list[str]) -> None:
     assert certificates.certs_to_request(SITES, infos, key_type) == wanted
+
+
+port_spec = importlib.util.spec_from_file_location("port_range", ROOT / "plugins" / "test" / "port_range.py")
+assert port_spec and port_spec.loader
+port_range = importlib.util.module_from_spec(port_spec)
+port_spec.loader.exec_module(port_range)
+
+
+@pytest.mark.parametrize("value", [1, 9100, 65535, "5432", "20000-27999", "1-65535"])
+def test_ports_and_ranges_are_taken(value: object) -> None:
+    assert port_range.port(value)
+
+
+@pytest.mark.parametrize("value", [0, 65536, True, None, "", "x", "27999-20000", "5432-5432", "1-70000", "80,443",
+                                   "-1", 9100.0])
+def test_other_ports_are_refused(value: object) -> None:
+    assert not port_range.port(value)

@@ -183,7 +183,7 @@ def test_the_only_app_is_chosen_without_a_name() -> None:
 
     assert app["name"] == "shop" and CHOOSE.release_app_problem(plan, "") == ""
     assert app["repository"] == "registry.example.com:5000/team/shop"
-    assert app["smoke_host"] == "shop.test"
+    assert "env" not in app and "database_url" not in app
     assert app["worker_services"] == {
         "blue": ["worker-default-blue", "worker-mail-blue"],
         "green": ["worker-default-green", "worker-mail-green"],
@@ -198,7 +198,7 @@ def test_an_app_is_chosen_by_name_among_several() -> None:
     app = CHOOSE.release_app(plan, "blog")
 
     assert app["name"] == "blog" and app["repository"] == "blog"
-    assert app["smoke_host"] == "" and app["worker_services"] == {"blue": [], "green": []}
+    assert app["worker_services"] == {"blue": [], "green": []}
     assert app["other_state_files"] == ["/var/lib/berth/apps/shop/release.json"]
     assert app["lock_dir"] == "/run/lock/berth-release-blog"
 

@@ -91,23 +91,30 @@ def load_list(path: Path) -> list[dict]:
 
 # --- The preflight (playbooks/preflight.yml): every layer's checks before any change -------------
 
-LAYER_ROLES = [
-    role["role"]
-    for name in ("base", "harden", "docker", "stack", "edge", "backup", "monitoring")
+# Each layer's roles and the group of hosts its play runs on, in site.yml's order.
+LAYERS = [
+    {"role": role["role"], "hosts": play["hosts"].split(":")}
+    for name in ("base", "harden", "docker", "data", "stack", "edge", "backup", "monitoring")
     for play in load_list(ROOT / "playbooks" / "layers" / f"{name}.yml")
     for role in play["roles"]
 ]
+LAYER_ROLES = [layer["role"] for layer in LAYERS]
 # The description of the apps (roles/berth_apps) is checked first: several layers read it.
 PREFLIGHT_ROLES = ["berth_apps", *LAYER_ROLES]
 
 
-def test_the_preflight_checks_every_layer_in_order() -> None:
+def test_the_preflight_checks_every_layer_in_order_on_its_hosts() -> None:
     plays = load_list(ROOT / "playbooks" / "preflight.yml")
+    assert all(play["vars"]["__berth_layers"] == [{"role": "berth_apps", "hosts": ["berth"]}, *LAYERS]
+               for play in plays)
     tasks = [task for play in plays for task in play["tasks"] for task in task.get("block", [task])]
     loops = [task["loop"] for task in tasks if "ansible.builtin.include_role" in task]
-    assert loops and all(loop == PREFLIGHT_ROLES for loop in loops)
+    assert len(loops) == 3 and all(loop == "{{ __berth_layer_roles }}" for loop in loops)
     site = load_list(ROOT / "site.yml")
     assert site[0]["ansible.builtin.import_playbook"] == "playbooks/preflight.yml"
+    assert [play["ansible.builtin.import_playbook"] for play in site[1:]] == [
+        f"playbooks/layers/{name}.yml"
+        for name in ("base", "harden", "docker", "data", "stack", "edge", "backup", "monitoring")]
 
 
 @pytest.mark.parametrize("role", PREFLIGHT_ROLES)

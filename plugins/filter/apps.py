@@ -11,9 +11,13 @@ through `berth_apps_plan`, so a path, a port or a service name is decided here a
 - the host ports of the colours (on 127.0.0.1): `web.host_port` (blue) and the next one (green), or,
   when it is 0, derived from a hash of the name: stable when apps are added, removed or reordered;
 - the release's files under `/var/lib/berth/apps/<name>/` (the live colour nginx reads per request,
-  the release state) and its lock `/run/lock/berth-release-<name>`.
+  the release state) and its lock `/run/lock/berth-release-<name>`;
+- where its data lives (`data`): `local` (its own PostgreSQL and Redis containers, `local_services`),
+  `host` (the `db` host: its database and role `db_name`, its Redis instance on `db_redis_port`, the
+  passwords in `db_secrets_dir` there) or `external` (`database_url`/`redis_url` from the vault).
 
-`berth_apps_problems` holds the rules that span fields or apps (unique names, domains, ports, worker
+`berth_apps_topology_problems` holds the rules between the apps and the inventory (several app hosts,
+the `db` group). `berth_apps_problems` holds the rules that span fields or apps (unique names, domains, ports, worker
 names) and the ones a type cannot say (an image with a tag, a health path, environment names). Its
 sentences name the app and the field, never an environment value (those may be secrets).
 """
@@ -24,18 +28,24 @@ import re
 import zlib
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 # Derived host ports: blue = FIRST_PORT + 2 * (crc32(name) % PORT_SLOTS), green = blue + 1.
 FIRST_PORT = 20000
 PORT_SLOTS = 4000
 STATE_ROOT = "/var/lib/berth/apps"
+DB_SECRETS_ROOT = "/etc/berth/db"
+PLACEMENTS = ("local", "host", "external")
+# sslmode values of a PostgreSQL URL that encrypt the connection.
+TLS_SSLMODES = {"require", "verify-ca", "verify-full"}
 LOCK_ROOT = "/run/lock"
 
 WEB_DEFAULTS = {"port": 8000, "health_path": "/healthz", "command": [], "host_port": 0}
 WORKER_DEFAULTS = {"replicas": 1, "stop_grace_period": 30}
 JOB_DEFAULTS = {"timeout": 3600}
 APP_DEFAULTS = {"domains": [], "workers": [], "jobs": [], "migrate": [], "env": {}, "postgres": True,
-                "redis": True, "memory": "256m", "cpus": 0.5}
+                "redis": True, "memory": "256m", "cpus": 0.5, "data": "local", "data_tls": True,
+                "database_url": "", "redis_url": ""}
 
 NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 WORKER_NAME = NAME
@@ -74,6 +84,7 @@ def _app(raw: Mapping[str, Any]) -> dict[str, Any]:
         for job in app["jobs"] or []
     ]
     state_dir = f"{STATE_ROOT}/{name}"
+    services = [service for service in ("postgres", "redis") if app[service]]
     return {
         **app,
         "name": name,
@@ -87,6 +98,12 @@ def _app(raw: Mapping[str, Any]) -> dict[str, Any]:
         "dir": f"/opt/{name}",
         "db_name": name.replace("-", "_"),
         "ports": {"blue": blue, "green": blue + 1},
+        # The data services in the app's compose project (none when its data lives elsewhere).
+        "local_services": services if app["data"] == "local" else [],
+        # On the db host (data: host): its Redis instance's port (its blue port, unique among the apps)
+        # and the directory of its generated passwords.
+        "db_redis_port": blue,
+        "db_secrets_dir": f"{DB_SECRETS_ROOT}/{name}",
         "state_dir": state_dir,
         "live_colour_file": f"{state_dir}/live-colour",
         "state_file": f"{state_dir}/release.json",
@@ -184,10 +201,52 @@ def _one_app(index: int, app: Mapping[str, Any]) -> list[str]:
         elif _BAD_VALUE.search(str(value)):
             found.append(f"{where}: env {key} contains a single quote or a control character, which it may not "
                          f"(the value is not shown: it may be a secret)")
+    found += _data_problems(where, app)
     if not SIZE.match(str(app.get("memory", "256m"))):
         found.append(f"{where}: memory must be a size, a number and k, m or g (e.g. 256m); got {app.get('memory')!r}")
     if not 0.01 <= float(app.get("cpus", 0.5)) <= 64:
         found.append(f"{where}: cpus must be 0.01-64 (cores, e.g. 0.5); got {app.get('cpus')!r}")
+    return found
+
+
+def _url_problem(where: str, field: str, url: Any, schemes: tuple[str, ...], example: str) -> list[str]:
+    """A URL of a managed service; the messages never show it (it holds a password)."""
+    if not isinstance(url, str) or not url:
+        return [f"{where}: data: external needs {field} (from the vault, e.g. {example})"]
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not parts.hostname:
+        return [f"{where}: {field} must be a URL {' or '.join(s + '://' for s in schemes)}… with a host, e.g. "
+                f"{example} (the value is not shown: it holds a password)"]
+    return []
+
+
+def _data_problems(where: str, app: Mapping[str, Any]) -> list[str]:
+    data = app.get("data", "local")
+    if data not in PLACEMENTS:
+        return [f"{where}: data must be local (containers on each app host), host (the db host) or external "
+                f"(a managed database); got {data!r}"]
+    found = []
+    if data != "external":
+        found += [f"{where}: {field} is only read with data: external (this app has data: {data})"
+                  for field in ("database_url", "redis_url") if app.get(field)]
+        return found
+    tls = app.get("data_tls", True)
+    if app.get("postgres", True):
+        url = app.get("database_url")
+        problem = _url_problem(where, "database_url", url, ("postgres", "postgresql"),
+                               "postgresql://shop:PASSWORD@db.example.com:5432/shop?sslmode=require")
+        found += problem
+        sslmode = parse_qs(urlsplit(url).query).get("sslmode", [""])[-1] if not problem else ""
+        if not problem and tls and sslmode not in TLS_SSLMODES:
+            found.append(f"{where}: database_url must ask for TLS with sslmode=require, verify-ca or verify-full "
+                         f"(got sslmode={sslmode or 'nothing'}); data_tls: false allows a connection in the clear")
+    if app.get("redis", True):
+        url = app.get("redis_url")
+        problem = _url_problem(where, "redis_url", url, ("redis", "rediss"),
+                               "rediss://default:PASSWORD@redis.example.com:6380/0")
+        found += problem
+        if not problem and tls and urlsplit(url).scheme != "rediss":
+            found.append(f"{where}: redis_url must use TLS (rediss://); data_tls: false allows redis:// in the clear")
     return found
 
 
@@ -231,6 +290,58 @@ def apps_problems(apps: Any) -> list[str]:
     return found
 
 
+def edge_check_argv(app: Mapping[str, Any], path: str, behind_load_balancer: bool = False) -> list[str]:
+    """The curl command that asks nginx on 127.0.0.1 for `path` of the app by its first domain and prints
+    the status code: HTTPS, or, behind a load balancer that terminates TLS (nginx_load_balancers), HTTP on
+    port 80 as the load balancer sends it. [] for an app without a domain (nginx does not serve it).
+    -k: the certificate is the edge's own tests' concern; the question is whether the app answers."""
+    if not app["domains"]:
+        return []
+    host = app["domains"][0]
+    argv = ["curl", "-ksS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]
+    if behind_load_balancer:
+        return [*argv, "-H", "X-Forwarded-Proto: https", "--resolve", f"{host}:80:127.0.0.1", f"http://{host}{path}"]
+    return [*argv, "--resolve", f"{host}:443:127.0.0.1", f"https://{host}{path}"]
+
+
+def jobs_here(plan: Any, host: str, app_hosts: Any) -> list[dict[str, Any]]:
+    """The plan as the host `host` runs its scheduled jobs: every app's jobs on the first app host (the
+    inventory's order), none on the others, so that a job runs once however many app hosts serve the app."""
+    hosts = list(app_hosts or [])
+    runs_jobs = not hosts or hosts[0] == host
+    return [app if runs_jobs else {**app, "jobs": []} for app in plan or []]
+
+
+def topology_problems(apps: Any, app_hosts: Any, db_hosts: Any) -> list[str]:
+    """The rules between the apps and the inventory's groups `app` (hosts serving the apps) and `db`."""
+    plan = apps_plan(apps)
+    app_hosts, db_hosts = list(app_hosts or []), list(db_hosts or [])
+    found = []
+    if plan and not app_hosts:
+        found.append("berth_apps describes apps but no host is in the inventory group app (the hosts that serve "
+                     "them): put your server(s) under app, as in inventories/production/hosts.yml")
+    both = sorted(set(app_hosts) & set(db_hosts))
+    if both:
+        found.append(f"{', '.join(both)} cannot be in both groups app and db: the db host holds the data of "
+                     f"several app hosts and runs no app")
+    if len(db_hosts) > 1:
+        found.append(f"the group db has {len(db_hosts)} hosts ({', '.join(db_hosts)}): berth manages one database "
+                     f"host (no replication); keep one")
+    for app in plan:
+        where = f"berth_apps: app {app['name']}"
+        if len(app_hosts) > 1 and app["local_services"]:
+            found.append(f"{where} keeps its {' and '.join(app['local_services'])} on each app host (data: local), "
+                         f"but there are {len(app_hosts)} app hosts ({', '.join(app_hosts)}): each would write to "
+                         f"its own copy and the data would split. Set data: host (the db host) or data: external "
+                         f"(a managed database), see docs/topology.md")
+        if app["data"] == "host" and not db_hosts and (app["postgres"] or app["redis"]):
+            found.append(f"{where} has data: host, but the inventory group db has no host: add your database "
+                         f"server under db, as in inventories/hcloud/README.md")
+    return found
+
+
 class FilterModule:
     def filters(self) -> dict:
-        return {"berth_apps_plan": apps_plan, "berth_apps_problems": apps_problems}
+        return {"berth_apps_plan": apps_plan, "berth_apps_problems": apps_problems,
+                "berth_apps_topology_problems": topology_problems, "berth_edge_check_argv": edge_check_argv,
+                "berth_apps_jobs_here": jobs_here}

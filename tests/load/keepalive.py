@@ -8,13 +8,16 @@ connection. Every answer's "version" (the demo app's /version) is recorded with 
 
     keepalive.py --host release.test --path /version --connections 4 --rate 40 --duration 120 --out F
     keepalive.py --host shop.test --path '/enqueue?id=deploy-{n}' --connections 1 --rate 10 --out F
+    keepalive.py --host shop.test --record-header X-Served-By --out F    # who answered each request
 
 A "{n}" in --path is replaced by a number unique to each request (0, 1, 2, … over all connections), so
 each request can name its own job; "ok" then counts the jobs the app accepted.
 
 Stops after --duration seconds or on SIGINT/SIGTERM, then writes a JSON summary to --out:
 {"sent", "ok", "failed", "errors": {kind: n}, "versions": {v: n}, "first_seen": {v: epoch},
- "connections": [[[epoch, version], ...] per version change, ...]}.
+ "connections": [[[epoch, version], ...] per version change, ...]}, and with --record-header NAME
+"answered": [[epoch, value of NAME or null, ok], ...] for every request (behind a load balancer that names
+the server it chose, which host answered when).
 """
 
 from __future__ import annotations
@@ -41,11 +44,13 @@ class Tally:
         self.errors: Counter[str] = Counter()
         self.versions: Counter[str] = Counter()
         self.first_seen: dict[str, float] = {}
+        self.answered: list[tuple[float, str | None, bool]] = []
 
-    def record(self, version: str | None, error: str | None) -> None:
+    def record(self, version: str | None, error: str | None, header: str | None = None) -> None:
         now = time.time()
         with self.lock:
             self.sent += 1
+            self.answered.append((now, header, error is None))
             if error:
                 self.errors[error] += 1
                 return
@@ -54,21 +59,22 @@ class Tally:
             self.first_seen.setdefault(version or "?", now)
 
 
-def ask(conn: http.client.HTTPSConnection, path: str) -> tuple[str | None, str | None]:
-    """One request; returns (version, None) or (None, error kind). Never retried."""
+def ask(conn: http.client.HTTPSConnection, path: str, header: str = "") -> tuple[str | None, str | None, str | None]:
+    """One request; returns (version, None, header) or (None, error kind, header). Never retried."""
     try:
         conn.request("GET", path, headers={"Connection": "keep-alive"})
         response = conn.getresponse()
         body = response.read()
     except (OSError, http.client.HTTPException) as exc:
         conn.close()
-        return None, type(exc).__name__
+        return None, type(exc).__name__, None
+    value = response.getheader(header) if header else None
     if not 200 <= response.status < 300:
-        return None, f"HTTP {response.status}"
+        return None, f"HTTP {response.status}", value
     try:
-        return str(json.loads(body).get("version")), None
+        return str(json.loads(body).get("version")), None, value
     except ValueError:
-        return "", None
+        return "", None, value
 
 
 NUMBERS = itertools.count()
@@ -84,7 +90,8 @@ def next_path(template: str) -> str:
     return template.replace("{n}", str(number))
 
 
-def worker(host: str, path: str, interval: float, tally: Tally, changes: list[tuple[float, str]]) -> None:
+def worker(host: str, path: str, interval: float, tally: Tally, changes: list[tuple[float, str]],
+           header: str = "") -> None:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -92,8 +99,8 @@ def worker(host: str, path: str, interval: float, tally: Tally, changes: list[tu
     last = None
     next_at = time.monotonic()
     while not STOP.is_set():
-        version, error = ask(conn, next_path(path))
-        tally.record(version, error)
+        version, error, value = ask(conn, next_path(path), header)
+        tally.record(version, error, value)
         if version is not None and version != last:
             changes.append((time.time(), version))
             last = version
@@ -110,6 +117,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0, help="requests per second, all connections")
     parser.add_argument("--duration", type=float, default=120.0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--record-header", default="", help="record this response header of every request")
     args = parser.parse_args()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: STOP.set())
@@ -117,7 +125,8 @@ def main() -> None:
     changes: list[list[tuple[float, str]]] = [[] for _ in range(args.connections)]
     interval = args.connections / args.rate
     threads = [
-        threading.Thread(target=worker, args=(args.host, args.path, interval, tally, changes[i]), daemon=True)
+        threading.Thread(target=worker, args=(args.host, args.path, interval, tally, changes[i], args.record_header),
+                         daemon=True)
         for i in range(args.connections)
     ]
     for thread in threads:
@@ -135,6 +144,8 @@ def main() -> None:
         "first_seen": tally.first_seen,
         "connections": changes,
     }
+    if args.record_header:
+        summary["answered"] = tally.answered
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary))
     tmp.rename(args.out)

@@ -120,6 +120,9 @@ class LoadedHost:
         self.enqueue_rate = enqueue_rate
         # Settings added to the playbooks' environment (scripts/bench.py's profiles).
         self.extra_env: dict[str, str] = {}
+        # A response header the keep-alive clients record for every request (e.g. the server a load
+        # balancer chose).
+        self.record_header = ""
 
     def docker(self, *args: str, check: bool = True) -> str:
         done = subprocess.run(["docker", "exec", self.name, *args], capture_output=True, text=True, check=False)
@@ -164,7 +167,7 @@ class LoadedHost:
                 self.docker(
                     "sh",
                     "-c",
-                    f"nohup wrk -t1 -c{self.wrk_connections} -d600s --timeout 10s https://{site}/version "
+                    f"nohup wrk -t1 -c{self.wrk_connections} -d900s --timeout 10s https://{site}/version "
                     f">/tmp/{tag}-{site}.wrk 2>&1 &",
                 )
         if self.enqueue_rate:
@@ -175,7 +178,9 @@ class LoadedHost:
             "sh",
             "-c",
             f"nohup python3 {REMOTE_CLIENT} --host {site} --path '{path}' --rate {rate} --connections {connections} "
-            f"--duration 600 --out /tmp/{out}.json >/tmp/{out}.log 2>&1 &",
+            f"--duration 900 --out /tmp/{out}.json"
+            + (f" --record-header {self.record_header}" if self.record_header else "")
+            + f" >/tmp/{out}.log 2>&1 &",
         )
 
     def stop_load(self, tag: str) -> tuple[dict[str, dict], dict[str, dict], dict]:

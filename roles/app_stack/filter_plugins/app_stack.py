@@ -3,6 +3,7 @@ tests/test_app_stack_filters.py).
 
     {{ __app_stack_read.results | app_stack_files }}      # {path: text} of the files slurp could read
     {{ __app_stack_apps | app_stack_runs(files, idle_running, postgres_image, redis_image) }}
+    {{ app | app_stack_data_env(passwords, db_address) }}  # DATABASE_URL and REDIS_URL of one app
 
 `app_stack_runs` says, for each app of `berth_apps | berth_apps_plan`, which colour is live, which image
 each colour runs and which services and images this run needs. Before an app's first release that is
@@ -62,7 +63,7 @@ def runs(apps: Any, read: Mapping[str, str] | None, idle_running: bool,
         live = release.get("live", "blue")
         idle = "green" if live == "blue" else "blue"
         images = release.get("images") or dict.fromkeys(COLOURS, app["image"])
-        data = (["postgres"] if app["postgres"] else []) + (["redis"] if app["redis"] else [])
+        data = app["local_services"]
         # The live colour's web and workers; the idle colour's web only when it is kept warm (an idle
         # worker would take jobs with the old code).
         services = [*data, app["web"]["services"][live]]
@@ -71,7 +72,7 @@ def runs(apps: Any, read: Mapping[str, str] | None, idle_running: bool,
             services.append(app["web"]["services"][idle])
             colours.append(idle)
         needed = [images[colour] for colour in colours]
-        needed += ([postgres_image] if app["postgres"] else []) + ([redis_image] if app["redis"] else [])
+        needed += [{"postgres": postgres_image, "redis": redis_image}[service] for service in data]
         found.append({
             "name": app["name"],
             "dir": app["dir"],
@@ -85,6 +86,41 @@ def runs(apps: Any, read: Mapping[str, str] | None, idle_running: bool,
     return found
 
 
+def password_files(app: Mapping[str, Any]) -> dict[str, str]:
+    """Where each data service's password of the app is: on the app host (data: local) or on the db host."""
+    if app["data"] == "local":
+        return {service: f"{app['dir']}/secrets/{service}-password" for service in app["local_services"]}
+    if app["data"] == "host":
+        services = [service for service in ("postgres", "redis") if app[service]]
+        return {service: f"{app['db_secrets_dir']}/{service}-password" for service in services}
+    return {}
+
+
+def data_env(app: Mapping[str, Any], passwords: Mapping[str, str], db_address: str = "") -> dict[str, str]:
+    """DATABASE_URL and REDIS_URL of the app, where its data lives (the passwords are alphanumeric: they need
+    no URL encoding). In check mode on a fresh host a password not made yet is empty."""
+    secret = {service: passwords.get(path, "").strip() for service, path in password_files(app).items()}
+    env = {}
+    if app["data"] == "external":
+        env = {"DATABASE_URL": app["database_url"] if app["postgres"] else "",
+               "REDIS_URL": app["redis_url"] if app["redis"] else ""}
+    elif app["data"] == "local":
+        env = {"DATABASE_URL": f"postgresql://{app['db_name']}:{secret.get('postgres', '')}@postgres:5432/"
+                               f"{app['db_name']}" if app["postgres"] else "",
+               "REDIS_URL": f"redis://:{secret.get('redis', '')}@redis:6379/0" if app["redis"] else ""}
+    elif app["data"] == "host":
+        if not db_address:
+            raise AnsibleFilterError(f"app {app['name']} has data: host, but the db host's address is unknown")
+        host = f"[{db_address}]" if ":" in db_address else db_address
+        sslmode = "require" if app["data_tls"] else "disable"
+        env = {"DATABASE_URL": f"postgresql://{app['db_name']}:{secret.get('postgres', '')}@{host}:5432/"
+                               f"{app['db_name']}?sslmode={sslmode}" if app["postgres"] else "",
+               "REDIS_URL": f"redis://:{secret.get('redis', '')}@{host}:{app['db_redis_port']}/0"
+                            if app["redis"] else ""}
+    return {name: value for name, value in env.items() if value}
+
+
 class FilterModule:
     def filters(self) -> dict:
-        return {"app_stack_files": files, "app_stack_runs": runs}
+        return {"app_stack_files": files, "app_stack_runs": runs, "app_stack_data_env": data_env,
+                "app_stack_password_files": password_files}

@@ -3,29 +3,39 @@
 
 Installed by the berth `backup` role as /usr/local/sbin/berth-backup and configured by
 /etc/berth/backup/config.json (written by the role from berth_apps). Python standard library only;
-it drives `docker` and `restic`.
+it drives `restic` and, where the data is, `docker` (an app host: the compose projects /opt/<app>, their
+volumes, and the PostgreSQL and Redis containers of apps with data: local) or Debian's PostgreSQL and
+Redis (the db host, group db: the database and the Redis instance of each app with data: host, as
+roles/db_host makes them; no Docker there).
 
-Each app (its own compose project /opt/<app>) gets its own restic snapshot per run, tagged `berth`
-and `app=<app>`: restores, the restore test and retention (restic forget groups by host and tags)
-then work per app, and a failed app never holds back another app's backup.
+Each app gets its own restic snapshot per run and host, tagged `berth` and `app=<app>`: restores, the
+restore test and retention (restic forget groups by host and tags) then work per app, and a failed app
+never holds back another app's backup.
 
     berth-backup run [--print-record]
         The scheduled backup, app after app: a check that the app's dumps fit in the staging
         directory with backup_staging_reserve_mb left free (else nothing of that app is written);
-        pg_dump of its running PostgreSQL container (custom format, one exported snapshot for the
-        dump and the row counts/checksums), a fresh Redis RDB, its volumes and paths -> `restic
-        backup` to every repository; then forget/prune and check once per repository. One app's
-        failure fails the run but not the other apps. Writes a record, the state and the
-        node_exporter metrics (per app and repository). Within 3 minutes of boot it first waits
-        for the apps' PostgreSQL and Redis.
+        pg_dump of its PostgreSQL (custom format, one exported snapshot for the dump and the row
+        counts/checksums; in its running container, or on the db host as the local superuser
+        postgres), a fresh Redis RDB (BGSAVE in its container, or `redis-cli --rdb` from the db
+        host's instance), its volumes and paths -> `restic backup` to every repository; then
+        forget/prune and check once per repository. One app's failure fails the run but not the
+        other apps. Writes a record, the state and the node_exporter metrics (per app and
+        repository). Within 3 minutes of boot it first waits for the apps' PostgreSQL and Redis.
     berth-backup verify [--app NAME] [--repository NAME] [--snapshot ID] [--print-record]
         Restore test of every app (or one): its latest snapshot's dump into a scratch PostgreSQL
-        container (no network) and its RDB into a scratch Redis; row counts and checksums must equal
-        the ones in the manifest. One result per app.
+        (a container without network; on the db host a scratch database berth_restore_test_<db> of
+        the same cluster, dropped afterwards) and its RDB into a scratch Redis (a container without
+        network; on the db host Debian's redis-server on a unix socket in a temporary directory);
+        row counts and checksums must equal the ones in the manifest. One result per app.
     berth-backup restore --app NAME --components postgres,redis,volumes[,paths] [--repository NAME]
                          [--snapshot ID]
-        Restore one app's snapshot into its live stack. The app's own services must be stopped
-        (restore.yml does it). --app may be left out when there is one app.
+        Restore one app's snapshot into its live data. On an app host the app's own services must
+        be stopped (restore.yml does it). On the db host the apps keep running: the dump goes into
+        <db>_restoring, is compared with the manifest, and then, in one short step, the app's
+        connections end and the live database becomes <db>_before_restore_<UTC time> (kept) and the
+        restored one <db>; the Redis instance is stopped, its directory kept beside it, and started
+        on the snapshot. --app may be left out when there is one app.
     berth-backup snapshots [--repository NAME] [--app NAME]   the snapshots of a repository (JSON)
     berth-backup init [--dry-run]                   create missing repositories (JSON: name -> state)
     berth-backup restic NAME [RESTIC ARGS...]       run restic against a configured repository
@@ -48,6 +58,7 @@ import json
 import logging
 import logging.handlers
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -56,7 +67,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -97,14 +108,59 @@ class Repository:
     env_file: str | None
 
 
+CONTAINER = "container"
+HOST = "host"
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """Where an app's PostgreSQL is: a compose service of its project (kind container, the database and user
+    from the container's environment) or a database of this host's cluster (kind host: the db host, reached
+    as the local superuser postgres by peer authentication; the database and its owner role are named alike)."""
+
+    kind: str
+    service: str = ""
+    database: str = ""
+    port: int = 5432
+
+    @classmethod
+    def load(cls, data: dict[str, Any] | None) -> Postgres | None:
+        if not data:
+            return None
+        return cls(kind=data["kind"], service=data.get("service", ""), database=data.get("database", ""),
+                   port=int(data.get("port", 5432)))
+
+
+@dataclass(frozen=True)
+class Redis:
+    """Where an app's Redis is: a compose service of its project (kind container) or an instance of this host
+    (kind host: the db host's systemd unit redis-server@<app> on a port of 127.0.0.1, with its data
+    directory and the file holding its password)."""
+
+    kind: str
+    service: str = ""
+    unit: str = ""
+    port: int = 0
+    dir: str = ""
+    password_file: str = ""
+
+    @classmethod
+    def load(cls, data: dict[str, Any] | None) -> Redis | None:
+        if not data:
+            return None
+        return cls(kind=data["kind"], service=data.get("service", ""), unit=data.get("unit", ""),
+                   port=int(data.get("port", 0)), dir=data.get("dir", ""), password_file=data.get("password_file", ""))
+
+
 @dataclass(frozen=True)
 class App:
-    """One app of berth_apps: its compose project, data services and files (the role derives them)."""
+    """One app of berth_apps as this host backs it up: its data services and files (the role derives them,
+    roles/backup/filter_plugins/backup.py)."""
 
     name: str
     project: str
-    postgres_service: str | None
-    redis_service: str | None
+    postgres: Postgres | None
+    redis: Redis | None
     paths: tuple[str, ...]
     exclude: tuple[str, ...]
     volumes: tuple[str, ...]
@@ -114,13 +170,20 @@ class App:
         """The restic tag of the app's snapshots (besides TAG)."""
         return f"app={self.name}"
 
+    @property
+    def in_docker(self) -> bool:
+        """Whether any part of the app is Docker's (containers, volumes, a compose project's files): an app
+        host's. The db host's apps have none, and the program never calls docker for them."""
+        services = [s for s in (self.postgres, self.redis) if s is not None]
+        return bool(self.paths or self.volumes or any(s.kind == CONTAINER for s in services))
+
     @classmethod
     def load(cls, data: dict[str, Any]) -> App:
         return cls(
             name=data["name"],
             project=data.get("project") or data["name"],
-            postgres_service=data.get("postgres_service"),
-            redis_service=data.get("redis_service"),
+            postgres=Postgres.load(data.get("postgres")),
+            redis=Redis.load(data.get("redis")),
             paths=tuple(data.get("paths", [])),
             exclude=tuple(data.get("exclude", [])),
             volumes=tuple(data.get("volumes", [])),
@@ -210,11 +273,12 @@ def run(
     timeout: float | None = None,
     check: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a command; on failure raise BackupError naming `what` with the end of its stderr."""
+    """Run a command; on failure raise BackupError naming `what` with the end of its stderr. It runs in /
+    (a command run as another user, such as postgres, may not enter root's working directory)."""
     LOG.debug("run: %s", " ".join(argv[:4]))
     try:
         proc = subprocess.run(
-            argv, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=timeout, check=False
+            argv, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=timeout, check=False, cwd="/"
         )
     except subprocess.TimeoutExpired as exc:
         raise BackupError(f"{what}: no answer after {timeout:.0f} s") from exc
@@ -357,19 +421,28 @@ def health(container: str) -> str:
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
 
-class Psql:
-    """One psql session in a container, fed statement by statement (the transaction stays open between)."""
+PSQL_OPTIONS = ("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1")
 
-    def __init__(self, container: str, user: str, database: str) -> None:
-        self.container = container
+
+def as_postgres(*argv: str) -> list[str]:
+    """A command as the db host's local superuser postgres: peer authentication on the socket, no password."""
+    return ["runuser", "-u", "postgres", "--", *argv]
+
+
+class Psql:
+    """One psql session (argv: the psql command), fed statement by statement (the transaction stays open
+    between). Any failed statement ends the session (ON_ERROR_STOP) and raises BackupError."""
+
+    def __init__(self, argv: list[str], label: str) -> None:
+        self.label = label
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        argv = ["docker", "exec", "-i", container, "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"]
         self._proc = subprocess.Popen(
-            [*argv, "-U", user, "-d", database],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._errors,
             text=True,
+            cwd="/",
         )
         self.rows(PG_SESSION)
 
@@ -387,7 +460,7 @@ class Psql:
                 return [row.split("|") for row in lines]
             lines.append(line.rstrip("\n"))
         self._errors.seek(0)
-        raise BackupError(f"psql in {self.container[:12]} failed: {tail(self._errors.read())}")
+        raise BackupError(f"psql ({self.label}) failed: {tail(self._errors.read())}")
 
     def close(self) -> None:
         if self._proc.stdin and not self._proc.stdin.closed:
@@ -404,6 +477,16 @@ class Psql:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def container_psql(container: str, user: str, database: str) -> Psql:
+    """psql in a PostgreSQL container (an app host's data: local)."""
+    return Psql(["docker", "exec", "-i", container, *PSQL_OPTIONS, "-U", user, "-d", database], f"in {container[:12]}")
+
+
+def host_psql(pg: Postgres, database: str) -> Psql:
+    """psql as postgres into a database of this host's cluster (the db host)."""
+    return Psql(as_postgres(*PSQL_OPTIONS, "-p", str(pg.port), "-d", database), f"database {database} on this host")
 
 
 def table_stats(psql: Psql) -> dict[str, dict[str, Any]]:
@@ -440,6 +523,10 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def wait_postgres(container: str, user: str, database: str, timeout: float) -> None:
     # TCP on the container's loopback: the image's init server listens on the socket only.
     argv = ["docker", "exec", container, "pg_isready", "-q", "-h", "127.0.0.1", "-U", user, "-d", database]
@@ -448,16 +535,17 @@ def wait_postgres(container: str, user: str, database: str, timeout: float) -> N
     )
 
 
-def dump_postgres(app: App, staging: Path) -> dict[str, Any]:
-    assert app.postgres_service
+def dump_container_postgres(app: App, staging: Path) -> dict[str, Any]:
+    """pg_dump of the app's PostgreSQL container, with its table figures and the server's roles."""
+    assert app.postgres and app.postgres.kind == CONTAINER
     started = time.monotonic()
-    container = service_container(app, app.postgres_service)
+    container = service_container(app, app.postgres.service)
     user, database = postgres_identity(container)
     run(["docker", "exec", container, "pg_isready", "-q", "-U", user, "-d", database], "PostgreSQL: pg_isready")
     target = staging / "postgres"
     target.mkdir(mode=0o700)
     dump = target / "database.dump"
-    with Psql(container, user, database) as psql:
+    with container_psql(container, user, database) as psql:
         # The dump and the table figures share one snapshot, so they describe the same data.
         psql.rows("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;")
         snapshot = psql.rows("SELECT pg_export_snapshot();")[0][0]
@@ -475,7 +563,8 @@ def dump_postgres(app: App, staging: Path) -> dict[str, Any]:
         run(["docker", "exec", container, "pg_dumpall", "--globals-only", "-U", user, "-l", database],
             "pg_dumpall --globals-only", stdout=handle)
     return {
-        "service": app.postgres_service,
+        "kind": CONTAINER,
+        "service": app.postgres.service,
         "image": inspect(container)["Config"]["Image"],
         "user": user,
         "database": database,
@@ -506,7 +595,7 @@ def missing_role_statements(globals_sql: str, existing: set[str]) -> list[str]:
 
 def restore_into_new_database(container: str, user: str, work: Path, item: dict[str, Any], name: str) -> dict:
     """Restore the dump into a new database `name` (from template0); return its table figures."""
-    with Psql(container, user, "template1") as psql:
+    with container_psql(container, user, "template1") as psql:
         existing = {row[0] for row in psql.rows("SELECT rolname FROM pg_roles;")}
         for statement in missing_role_statements((work / item["globals"]).read_text(), existing):
             psql.rows(statement)
@@ -519,13 +608,12 @@ def restore_into_new_database(container: str, user: str, work: Path, item: dict[
             "pg_restore",
             stdin=handle,
         )
-    with Psql(container, user, name) as psql:
+    with container_psql(container, user, name) as psql:
         return table_stats(psql)
 
 
-def checked_restore(container: str, user: str, work: Path, item: dict[str, Any], name: str) -> dict[str, Any]:
-    started = time.monotonic()
-    found = restore_into_new_database(container, user, work, item, name)
+def restored_matches(item: dict[str, Any], found: dict[str, dict[str, Any]], started: float) -> dict[str, Any]:
+    """The result of a restored database whose table figures equal the manifest's; BackupError otherwise."""
     problems = compare_tables(item["tables"], found)
     if problems:
         raise BackupError("the restored database differs from the backup: " + "; ".join(problems[:10]))
@@ -537,67 +625,267 @@ def checked_restore(container: str, user: str, work: Path, item: dict[str, Any],
     }
 
 
+def checked_restore(container: str, user: str, work: Path, item: dict[str, Any], name: str) -> dict[str, Any]:
+    started = time.monotonic()
+    return restored_matches(item, restore_into_new_database(container, user, work, item, name), started)
+
+
+# --- PostgreSQL of the db host -------------------------------------------------------------------
+# The db host's cluster (Debian's, port 5432) holds a database and a login role named db_name per app
+# with data: host (roles/db_host). berth-backup reaches it as the local superuser postgres by peer
+# authentication: no password is read or passed.
+
+# PostgreSQL's longest identifier (NAMEDATALEN - 1 bytes).
+PG_NAME_MAX = 63
+# How long pg_terminate_backend waits for each of the app's sessions to end, in milliseconds.
+TERMINATE_WAIT_MS = 10000
+
+
+def utc_stamp(ts: float) -> str:
+    """A UTC time as it goes into the names of what a restore keeps (lower case: a name needs no quotes)."""
+    return time.strftime("%Y%m%d_%H%M%S", time.gmtime(ts))
+
+
+def kept_database_name(database: str, ts: float) -> str:
+    """The name the live database is kept under when a restore replaces it."""
+    name = f"{database}_before_restore_{utc_stamp(ts)}"
+    if len(name.encode()) > PG_NAME_MAX:
+        raise BackupError(f"database name {name} would be longer than PostgreSQL's {PG_NAME_MAX} bytes")
+    return name
+
+
+def restore_test_database_name(database: str) -> str:
+    """The scratch database of the db host's restore test."""
+    return f"berth_restore_test_{database}"
+
+
+def host_pg_ready(pg: Postgres) -> bool:
+    return run(as_postgres("pg_isready", "-q", "-p", str(pg.port)), "pg_isready", check=False).returncode == 0
+
+
+def dump_host_postgres(app: App, staging: Path) -> dict[str, Any]:
+    """pg_dump of the app's database in this host's cluster (the db host), with its table figures. No
+    globals: the db host's roles are roles/db_host's (it makes the app's role and its password)."""
+    pg = app.postgres
+    assert pg and pg.kind == HOST
+    started = time.monotonic()
+    run(as_postgres("pg_isready", "-q", "-p", str(pg.port), "-d", pg.database), "PostgreSQL: pg_isready")
+    target = staging / "postgres"
+    target.mkdir(mode=0o700)
+    dump = target / "database.dump"
+    with host_psql(pg, pg.database) as psql:
+        # The dump and the table figures share one snapshot, so they describe the same data.
+        psql.rows("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;")
+        snapshot = psql.rows("SELECT pg_export_snapshot();")[0][0]
+        with dump.open("wb") as handle:
+            run(as_postgres("pg_dump", "--format=custom", "--compress=0", f"--snapshot={snapshot}",
+                            "-p", str(pg.port), "-d", pg.database), "pg_dump", stdout=handle)
+        tables = table_stats(psql)
+        size, owner, version = psql.rows(
+            "SELECT pg_database_size(current_database()), pg_get_userbyid(datdba), current_setting('server_version') "
+            "FROM pg_database WHERE datname = current_database();")[0]
+        psql.rows("COMMIT;")
+    return {
+        "kind": HOST,
+        "database": pg.database,
+        "owner": owner,
+        "port": pg.port,
+        "server_version": version,
+        "database_bytes": int(size),
+        "dump": "postgres/database.dump",
+        "tables": tables,
+        "rows": sum(t["rows"] for t in tables.values()),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def create_host_database(pg: Postgres, name: str) -> None:
+    """A new, empty database `name` as roles/db_host makes the app's: owned by the app's role (named as its
+    database), CONNECT and TEMPORARY taken from PUBLIC. A leftover of an earlier attempt is dropped first."""
+    with host_psql(pg, "postgres") as psql:
+        if not psql.rows(f"SELECT 1 FROM pg_roles WHERE rolname = {quote_literal(pg.database)};"):
+            raise BackupError(f"PostgreSQL on this host has no role {pg.database}: apply the data layer "
+                              f"(playbooks/data.yml, role db_host) first")
+        psql.rows(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE);")
+        psql.rows(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0 OWNER {quote_ident(pg.database)};")
+        psql.rows(f"REVOKE CONNECT, TEMPORARY ON DATABASE {quote_ident(name)} FROM PUBLIC;")
+
+
+def drop_host_database(pg: Postgres, name: str) -> None:
+    with host_psql(pg, "postgres") as psql:
+        psql.rows(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE);")
+
+
+def host_checked_restore(pg: Postgres, work: Path, item: dict[str, Any], name: str) -> dict[str, Any]:
+    """Restore the dump into a new database `name` of this host's cluster (pg_restore as postgres: the
+    objects keep their owner, the app's role) and compare every table with the manifest."""
+    started = time.monotonic()
+    create_host_database(pg, name)
+    with (work / item["dump"]).open("rb") as handle:
+        run(as_postgres("pg_restore", "--exit-on-error", "--single-transaction", "-p", str(pg.port), "-d", name),
+            "pg_restore", stdin=handle)
+    with host_psql(pg, name) as psql:
+        found = table_stats(psql)
+    return restored_matches(item, found, started)
+
+
+def scratch_host_postgres(pg: Postgres, item: dict[str, Any], work: Path) -> dict[str, Any]:
+    """The db host's restore test of a dump: into berth_restore_test_<db> of the same cluster, compared with
+    the manifest, then dropped (also when it failed)."""
+    name = restore_test_database_name(pg.database)
+    try:
+        return {"database": name, **host_checked_restore(pg, work, item, name)}
+    finally:
+        with contextlib.suppress(BackupError, OSError):
+            drop_host_database(pg, name)
+
+
+def swap_host_database(pg: Postgres, restored: str, kept: str) -> bool:
+    """Put database `restored` in the place of the app's live one in one short step: no new session may open
+    the live one, the app's sessions end (the apps reconnect), and in one transaction the live one is renamed
+    to `kept` and the restored one to the live name. Returns whether there was a live one (now `kept`,
+    which no one can connect to until ALTER DATABASE ... ALLOW_CONNECTIONS true). When the swap fails, the
+    live one is open again and unchanged."""
+    live = quote_ident(pg.database)
+    with host_psql(pg, "postgres") as psql:
+        existed = bool(psql.rows(f"SELECT 1 FROM pg_database WHERE datname = {quote_literal(pg.database)};"))
+        if existed:
+            psql.rows(f"ALTER DATABASE {live} ALLOW_CONNECTIONS false;")
+    try:
+        with host_psql(pg, "postgres") as psql:
+            if existed:
+                psql.rows(f"SELECT pg_terminate_backend(pid, {TERMINATE_WAIT_MS}) FROM pg_stat_activity "
+                          f"WHERE datname = {quote_literal(pg.database)} AND pid <> pg_backend_pid();")
+            psql.rows("BEGIN;")
+            if existed:
+                psql.rows(f"ALTER DATABASE {live} RENAME TO {quote_ident(kept)};")
+            psql.rows(f"ALTER DATABASE {quote_ident(restored)} RENAME TO {live};")
+            psql.rows("COMMIT;")
+    except BackupError:
+        if existed:
+            with contextlib.suppress(BackupError, OSError), host_psql(pg, "postgres") as psql:
+                psql.rows(f"ALTER DATABASE {live} ALLOW_CONNECTIONS true;")
+        raise
+    return existed
+
+
+def restore_host_postgres(cfg: Config, app: App, item: dict[str, Any], work: Path,
+                          touched: list[str]) -> dict[str, Any]:
+    """Restore into <db>_restoring, compare it with the manifest, then swap it in for the live one, which is kept
+    as <db>_before_restore_<UTC time>. Until the swap the live database is untouched."""
+    pg = app.postgres
+    assert pg and pg.kind == HOST
+    started = time.monotonic()
+    wait_until("PostgreSQL on this host ready", cfg.wait_timeout, lambda: host_pg_ready(pg))
+    restoring = f"{pg.database}_restoring"
+    kept = kept_database_name(pg.database, time.time())
+    try:
+        result = host_checked_restore(pg, work, item, restoring)
+    except (BackupError, OSError):
+        with contextlib.suppress(BackupError, OSError):
+            drop_host_database(pg, restoring)
+        raise
+    touched.append("postgres")
+    swap_started = time.monotonic()
+    existed = swap_host_database(pg, restoring, kept)
+    return {**result, "database": pg.database, "kept": kept if existed else None,
+            "swap_seconds": round(time.monotonic() - swap_started, 3), "seconds": round(time.monotonic() - started, 3)}
+
+
 # --- Redis ---------------------------------------------------------------------------------------
 
 
-def redis_cli(container: str, *args: str) -> str:
-    reply = out(["docker", "exec", container, "redis-cli", "--no-auth-warning", *args], f"redis-cli {args[0]}")
+@dataclass(frozen=True)
+class RedisCli:
+    """How redis-cli reaches one Redis: its command up to the Redis command (docker exec into a container, or a
+    port or socket of this host), and the password, which goes into the environment (REDISCLI_AUTH), never
+    on a command line."""
+
+    argv: tuple[str, ...]
+    label: str
+    password: str = field(default="", repr=False)
+
+    def env(self) -> dict[str, str] | None:
+        return {**os.environ, "REDISCLI_AUTH": self.password} if self.password else None
+
+
+def container_redis(container: str) -> RedisCli:
+    """The Redis of a container (an app host's data: local; no password inside the project's network)."""
+    return RedisCli(("docker", "exec", container, "redis-cli", "--no-auth-warning"), f"in {container[:12]}")
+
+
+def host_redis(redis: Redis) -> RedisCli:
+    """An instance of this host (the db host's redis-server@<app>) on its port of 127.0.0.1, with its password."""
+    password = Path(redis.password_file).read_text().strip()
+    return RedisCli(("redis-cli", "--no-auth-warning", "-h", "127.0.0.1", "-p", str(redis.port)), redis.unit,
+                    password)
+
+
+def socket_redis(socket: Path) -> RedisCli:
+    """A scratch redis-server of this host on its unix socket (no password: only root and redis reach it)."""
+    return RedisCli(("redis-cli", "-s", str(socket)), "the scratch Redis")
+
+
+def redis_cli(cli: RedisCli, *args: str) -> str:
+    reply = out([*cli.argv, *args], f"redis-cli {args[0]} ({cli.label})", env=cli.env())
     if reply.startswith(("ERR", "NOAUTH", "WRONGPASS", "NOPERM", "LOADING", "MISCONF")):
-        raise BackupError(f"redis-cli {args[0]}: {reply}")
+        raise BackupError(f"redis-cli {args[0]} ({cli.label}): {reply}")
     return reply
 
 
-def redis_info(container: str, section: str) -> dict[str, str]:
-    lines = redis_cli(container, "INFO", section).splitlines()
+def redis_info(cli: RedisCli, section: str) -> dict[str, str]:
+    lines = redis_cli(cli, "INFO", section).splitlines()
     return dict(line.strip().split(":", 1) for line in lines if ":" in line and not line.startswith("#"))
 
 
-def redis_keys(container: str) -> int:
+def redis_keys(cli: RedisCli) -> int:
     """Keys in all databases (INFO keyspace: db0:keys=3,expires=0,...)."""
-    info = redis_info(container, "keyspace")
+    info = redis_info(cli, "keyspace")
     return sum(int(value.split(",")[0].split("=")[1]) for value in info.values())
 
 
-def redis_config(container: str, name: str) -> str:
-    reply = redis_cli(container, "CONFIG", "GET", name).splitlines()
+def redis_config(cli: RedisCli, name: str) -> str:
+    reply = redis_cli(cli, "CONFIG", "GET", name).splitlines()
     return reply[1] if len(reply) > 1 else ""
 
 
-def redis_ping(container: str) -> bool:
-    argv = ["docker", "exec", container, "redis-cli", "--no-auth-warning", "PING"]
-    proc = run(argv, "redis-cli PING", check=False)
+def redis_ping(cli: RedisCli) -> bool:
+    proc = run([*cli.argv, "PING"], "redis-cli PING", env=cli.env(), check=False)
     return proc.returncode == 0 and proc.stdout.strip() == b"PONG"
 
 
 def save_redis(cfg: Config, app: App, staging: Path) -> dict[str, Any]:
-    assert app.redis_service
+    """A fresh RDB of the app's Redis container (BGSAVE, then docker cp)."""
+    assert app.redis and app.redis.kind == CONTAINER
     started = time.monotonic()
-    container = service_container(app, app.redis_service)
-    directory, filename = redis_config(container, "dir"), redis_config(container, "dbfilename")
-    before = redis_info(container, "persistence")
-    keys_before = redis_keys(container)
-    redis_cli(container, "BGSAVE", "SCHEDULE")
+    container = service_container(app, app.redis.service)
+    cli = container_redis(container)
+    directory, filename = redis_config(cli, "dir"), redis_config(cli, "dbfilename")
+    before = redis_info(cli, "persistence")
+    keys_before = redis_keys(cli)
+    redis_cli(cli, "BGSAVE", "SCHEDULE")
 
     def saved() -> bool:
-        info = redis_info(container, "persistence")
+        info = redis_info(cli, "persistence")
         newer = int(info.get("rdb_saves", 0)) > int(before.get("rdb_saves", 0)) or int(
             info["rdb_last_save_time"]
         ) > int(before["rdb_last_save_time"])
         return info["rdb_bgsave_in_progress"] == "0" and newer
 
     wait_until("Redis background save (BGSAVE)", cfg.wait_timeout, saved, interval=0.2)
-    if redis_info(container, "persistence")["rdb_last_bgsave_status"] != "ok":
+    if redis_info(cli, "persistence")["rdb_last_bgsave_status"] != "ok":
         raise BackupError("Redis BGSAVE failed (rdb_last_bgsave_status is not ok): see the redis container's log")
-    keys_after = redis_keys(container)
+    keys_after = redis_keys(cli)
     target = staging / "redis"
     target.mkdir(mode=0o700)
     run(["docker", "cp", f"{container}:{directory}/{filename}", str(target / "dump.rdb")], "docker cp of the RDB")
     return {
-        "service": app.redis_service,
+        "kind": CONTAINER,
+        "service": app.redis.service,
         "image": inspect(container)["Config"]["Image"],
         "dir": directory,
         "dbfilename": filename,
-        "appendonly": redis_config(container, "appendonly"),
+        "appendonly": redis_config(cli, "appendonly"),
         "rdb": "redis/dump.rdb",
         # Exact only when no key came or went while the snapshot was taken.
         "keys": keys_after,
@@ -606,11 +894,189 @@ def save_redis(cfg: Config, app: App, staging: Path) -> dict[str, Any]:
     }
 
 
-def wait_redis_loaded(container: str, timeout: float) -> None:
+def wait_redis_loaded(cli: RedisCli, timeout: float) -> None:
     def loaded() -> bool:
-        return redis_ping(container) and redis_info(container, "persistence").get("loading") == "0"
+        return redis_ping(cli) and redis_info(cli, "persistence").get("loading") == "0"
 
-    wait_until(f"Redis in {container[:12]} loaded", timeout, loaded)
+    wait_until(f"Redis ({cli.label}) loaded", timeout, loaded)
+
+
+def rewrite_aof(cli: RedisCli, timeout: float) -> None:
+    """Switch a Redis that loaded an RDB to the append-only file (Redis's documented way: CONFIG SET appendonly
+    yes, which rewrites the AOF from the data set) and wait until the rewrite succeeded."""
+    before = redis_info(cli, "persistence")
+    redis_cli(cli, "CONFIG", "SET", "appendonly", "yes")
+
+    def rewritten() -> bool:
+        now = redis_info(cli, "persistence")
+        done = now["aof_rewrite_in_progress"] == "0" and now["aof_rewrite_scheduled"] == "0"
+        newer = int(now.get("aof_rewrites", 1)) > int(before.get("aof_rewrites", 0))
+        return done and newer and now.get("aof_last_bgrewrite_status") == "ok"
+
+    wait_until("Redis append-only file rewrite", timeout, rewritten, interval=0.2)
+
+
+# --- Redis of the db host ------------------------------------------------------------------------
+# Each app with data: host and Redis has its own instance (roles/db_host): the systemd unit
+# redis-server@<app> of Debian's package, on the app's port, its data in /var/lib/redis/<app> (append-only
+# file), its password in <db_secrets_dir>/redis-password. Scratch servers run Debian's redis-server as the
+# user redis on a unix socket in a directory of their own (0700): no TCP port, so nothing else reaches them.
+
+REDIS_USER = "redis"
+SCRATCH_SOCKET = "redis.sock"
+
+
+def save_host_redis(cfg: Config, app: App, staging: Path) -> dict[str, Any]:
+    """A fresh RDB of the app's instance on this host, streamed by `redis-cli --rdb` (the server forks a
+    snapshot for it, as for a replica); the key count before and after tells whether it is exact."""
+    redis = app.redis
+    assert redis and redis.kind == HOST
+    started = time.monotonic()
+    cli = host_redis(redis)
+    keys_before = redis_keys(cli)
+    target = staging / "redis"
+    target.mkdir(mode=0o700)
+    run([*cli.argv, "--rdb", str(target / "dump.rdb")], f"redis-cli --rdb ({redis.unit})", env=cli.env())
+    keys_after = redis_keys(cli)
+    return {
+        "kind": HOST,
+        "unit": redis.unit,
+        "port": redis.port,
+        "dir": redis.dir,
+        "dbfilename": redis_config(cli, "dbfilename") or "dump.rdb",
+        "appendonly": redis_config(cli, "appendonly"),
+        "server_version": redis_info(cli, "server").get("redis_version", ""),
+        "rdb": "redis/dump.rdb",
+        # Exact only when no key came or went while the snapshot was taken.
+        "keys": keys_after,
+        "keys_exact": keys_before == keys_after,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def scratch_redis_config(directory: Path, dbfilename: str, socket: Path) -> str:
+    """The configuration of a scratch redis-server: the data in `directory`, a unix socket, no TCP port, no
+    saving of its own (the caller decides about the append-only file)."""
+    return "\n".join([
+        "port 0",
+        f"unixsocket {socket}",
+        "unixsocketperm 700",
+        f"dir {directory}",
+        f"dbfilename {dbfilename}",
+        "appendonly no",
+        'save ""',
+        "daemonize no",
+        'logfile ""',
+    ]) + "\n"
+
+
+def chown_to(path: Path, user: str) -> None:
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+@contextlib.contextmanager
+def scratch_redis_server(directory: Path, dbfilename: str, timeout: float) -> Iterator[RedisCli]:
+    """Debian's redis-server as the user redis on the data in `directory` (which redis may write), loaded and
+    answering on a unix socket; stopped (SIGTERM: a clean shutdown, the append-only file synced) afterwards."""
+    run_dir = Path(tempfile.mkdtemp(prefix="berth-scratch-redis-", dir=directory.parent))
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        chown_to(run_dir, REDIS_USER)
+        socket = run_dir / SCRATCH_SOCKET
+        conf = run_dir / "redis.conf"
+        conf.write_text(scratch_redis_config(directory, dbfilename, socket))
+        chown_to(conf, REDIS_USER)
+        proc = subprocess.Popen(["runuser", "-u", REDIS_USER, "--", "redis-server", str(conf)],
+                                stdout=log, stderr=log, cwd="/")
+        cli = socket_redis(socket)
+
+        def loaded() -> bool:
+            if proc is not None and proc.poll() is not None:
+                log.seek(0)
+                raise BackupError(f"the scratch Redis stopped (exit {proc.returncode}): {tail(log.read())}")
+            return socket.exists() and redis_ping(cli) and redis_info(cli, "persistence").get("loading") == "0"
+
+        wait_until("the scratch Redis loaded", timeout, loaded, interval=0.2)
+        yield cli
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def scratch_host_redis(item: dict[str, Any], work: Path, timeout: float) -> dict[str, Any]:
+    """The db host's restore test of an RDB: loaded by a scratch redis-server (a temporary directory beside the
+    instances' data, removed afterwards), its keys counted."""
+    started = time.monotonic()
+    directory = Path(tempfile.mkdtemp(prefix="berth-restore-test-", dir=Path(item["dir"]).parent))
+    try:
+        chown_to(directory, REDIS_USER)
+        target = directory / "dump.rdb"
+        shutil.copyfile(work / item["rdb"], target)
+        chown_to(target, REDIS_USER)
+        with scratch_redis_server(directory, "dump.rdb", timeout) as cli:
+            keys = redis_keys(cli)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    if item["keys_exact"] and keys != item["keys"]:
+        raise BackupError(f"the restored Redis has {keys} keys, the backup recorded {item['keys']}")
+    return {"keys": keys, "compared": item["keys_exact"], "seconds": round(time.monotonic() - started, 3)}
+
+
+def kept_redis_dir(directory: str, ts: float) -> Path:
+    """Where a restore keeps the instance's data directory it replaces (a free name: .2, .3 ... after it
+    when a restore of the same second kept one)."""
+    path = Path(directory)
+    kept = path.with_name(f"{path.name}.before-restore-{utc_stamp(ts)}")
+    number = 1
+    while kept.exists() or kept.is_symlink():
+        number += 1
+        kept = path.with_name(f"{path.name}.before-restore-{utc_stamp(ts)}.{number}")
+    return kept
+
+
+def restore_host_redis(cfg: Config, app: App, item: dict[str, Any], work: Path, touched: list[str]) -> dict[str, Any]:
+    """Stop the app's instance, keep its data directory beside it, put the snapshot's RDB in a new one (an
+    instance with appendonly yes gets its append-only file from a scratch server that loads the RDB), start
+    it and count its keys."""
+    redis = app.redis
+    assert redis and redis.kind == HOST
+    started = time.monotonic()
+    data = Path(redis.dir)
+    kept = kept_redis_dir(redis.dir, time.time())
+    dbfilename = item.get("dbfilename") or "dump.rdb"
+    touched.append("redis")
+    run(["systemctl", "stop", redis.unit], f"stopping {redis.unit}")
+    existed = data.exists()
+    # The new directory as the old one was (roles/db_host makes it redis:redis 0750).
+    mode = data.stat().st_mode & 0o7777 if existed else 0o750
+    if existed:
+        data.rename(kept)
+    data.mkdir()
+    data.chmod(mode)
+    chown_to(data, REDIS_USER)
+    target = data / dbfilename
+    shutil.copyfile(work / item["rdb"], target)
+    target.chmod(0o640)
+    chown_to(target, REDIS_USER)
+    if item.get("appendonly") == "yes":
+        with scratch_redis_server(data, dbfilename, cfg.wait_timeout) as scratch:
+            rewrite_aof(scratch, cfg.wait_timeout)
+    run(["systemctl", "start", redis.unit], f"starting {redis.unit}")
+    cli = host_redis(redis)
+    wait_redis_loaded(cli, cfg.wait_timeout)
+    keys = redis_keys(cli)
+    if item["keys_exact"] and keys != item["keys"]:
+        raise BackupError(f"Redis has {keys} keys after the restore, the backup recorded {item['keys']}")
+    return {"keys": keys, "kept": str(kept) if existed else None, "seconds": round(time.monotonic() - started, 3)}
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -945,36 +1411,74 @@ def seconds_since_boot() -> float:
 
 
 def settle_after_boot(cfg: Config) -> None:
-    """Just after boot, wait (until BOOT_SETTLE seconds after it) for the apps' PostgreSQL and Redis to answer."""
+    """Just after boot, wait (until BOOT_SETTLE seconds after it) for the apps' PostgreSQL and Redis to answer.
+    One that does not answer in time is left to its app's backup, which then fails naming it (the other apps
+    are backed up all the same)."""
     left = BOOT_SETTLE - seconds_since_boot()
     if left <= 0:
         return
     LOG.info("the host started %.0f s ago: waiting up to %.0f s for the apps", BOOT_SETTLE - left, left)
     deadline = time.monotonic() + left
-    services = [(app, s) for app in cfg.apps for s in (app.postgres_service, app.redis_service) if s]
-    for app, service in services:
-        container = wait_until(f"service {service} of compose project {app.project} running after boot",
-                               max(deadline - time.monotonic(), 0),
-                               lambda a=app, s=service: project_containers(a, s))[0]
-        if service == app.postgres_service:
-            user, database = postgres_identity(container)
-            wait_postgres(container, user, database, max(deadline - time.monotonic(), 0))
-        else:
-            wait_until(f"Redis in {container[:12]} answering after boot", max(deadline - time.monotonic(), 0),
-                       lambda c=container: redis_ping(c))
+    for app in cfg.apps:
+        try:
+            if app.postgres:
+                wait_postgres_up(app, app.postgres, max(deadline - time.monotonic(), 0))
+            if app.redis:
+                wait_redis_up(app, app.redis, max(deadline - time.monotonic(), 0))
+        except (BackupError, OSError) as exc:
+            LOG.warning("app %s after boot: %s", app.name, exc)
+
+
+def wait_postgres_up(app: App, pg: Postgres, timeout: float) -> None:
+    """Wait until the app's PostgreSQL answers: its container running and ready, or this host's cluster."""
+    if pg.kind == HOST:
+        wait_until("PostgreSQL on this host answering after boot", timeout, lambda: host_pg_ready(pg))
+        return
+    started = time.monotonic()
+    container = wait_until(f"service {pg.service} of compose project {app.project} running after boot", timeout,
+                           lambda: project_containers(app, pg.service))[0]
+    user, database = postgres_identity(container)
+    wait_postgres(container, user, database, max(timeout - (time.monotonic() - started), 0))
+
+
+def wait_redis_up(app: App, redis: Redis, timeout: float) -> None:
+    """Wait until the app's Redis answers PING: its container's, or its instance on this host."""
+    if redis.kind == HOST:
+        cli = host_redis(redis)
+        wait_until(f"Redis {redis.unit} answering after boot", timeout, lambda: redis_ping(cli))
+        return
+    started = time.monotonic()
+    container = wait_until(f"service {redis.service} of compose project {app.project} running after boot", timeout,
+                           lambda: project_containers(app, redis.service))[0]
+    cli = container_redis(container)
+    wait_until(f"Redis in {container[:12]} answering after boot", max(timeout - (time.monotonic() - started), 0),
+               lambda: redis_ping(cli))
+
+
+def app_psql(app: App, pg: Postgres) -> Psql:
+    """A psql session in the app's own database, wherever it is."""
+    if pg.kind == HOST:
+        return host_psql(pg, pg.database)
+    container = service_container(app, pg.service)
+    user, database = postgres_identity(container)
+    return container_psql(container, user, database)
+
+
+def app_redis(app: App, redis: Redis) -> RedisCli:
+    """redis-cli of the app's Redis, wherever it is."""
+    if redis.kind == HOST:
+        return host_redis(redis)
+    return container_redis(service_container(app, redis.service))
 
 
 def check_staging_space(cfg: Config, app: App, staging: Path) -> dict[str, int]:
     """Refuse, before anything is written, dumps that would not fit with the reserve left free."""
     need: dict[str, int] = {}
-    if app.postgres_service:
-        container = service_container(app, app.postgres_service)
-        user, database = postgres_identity(container)
-        with Psql(container, user, database) as psql:
+    if app.postgres:
+        with app_psql(app, app.postgres) as psql:
             need["database"] = int(psql.rows("SELECT pg_database_size(current_database());")[0][0])
-    if app.redis_service:
-        container = service_container(app, app.redis_service)
-        need["Redis"] = int(redis_info(container, "memory")["used_memory"])
+    if app.redis:
+        need["Redis"] = int(redis_info(app_redis(app, app.redis), "memory")["used_memory"])
     problem = staging_problem(need, shutil.disk_usage(staging).free, cfg.staging_reserve, staging)
     if problem:
         raise BackupError(problem)
@@ -989,10 +1493,12 @@ def collect(cfg: Config, app: App, staging: Path) -> dict[str, Any]:
     manifest: dict[str, Any] = {"host": cfg.host, "app": app.name, "project": app.project,
                                 "created": now_iso(time.time())}
     check_staging_space(cfg, app, staging)
-    if app.postgres_service:
-        manifest["postgres"] = dump_postgres(app, staging)
-    if app.redis_service:
-        manifest["redis"] = save_redis(cfg, app, staging)
+    if app.postgres:
+        manifest["postgres"] = (dump_host_postgres(app, staging) if app.postgres.kind == HOST
+                                else dump_container_postgres(app, staging))
+    if app.redis:
+        manifest["redis"] = (save_host_redis(cfg, app, staging) if app.redis.kind == HOST
+                             else save_redis(cfg, app, staging))
     manifest["volumes"], manifest["paths"] = collect_files(app)
     manifest["files"] = {
         str(path.relative_to(staging)): {"bytes": path.stat().st_size, "sha256": sha256(path)}
@@ -1136,8 +1642,9 @@ def scratch_redis(item: dict[str, Any], work: Path, name: str, timeout: float) -
     try:
         run(["docker", "cp", str(work / item["rdb"]), f"{name}:/data/dump.rdb"], "docker cp of the RDB")
         run(["docker", "start", name], "starting the scratch Redis container")
-        wait_redis_loaded(name, timeout)
-        keys = redis_keys(name)
+        cli = container_redis(name)
+        wait_redis_loaded(cli, timeout)
+        keys = redis_keys(cli)
         if item["keys_exact"] and keys != item["keys"]:
             raise BackupError(f"the restored Redis has {keys} keys, the backup recorded {item['keys']}")
         return {"keys": keys, "compared": item["keys_exact"], "seconds": round(time.monotonic() - started, 3)}
@@ -1145,9 +1652,28 @@ def scratch_redis(item: dict[str, Any], work: Path, name: str, timeout: float) -
         remove_container(name)
 
 
+def item_kind(item: dict[str, Any]) -> str:
+    """Where a manifest's dump came from (snapshots made before the db host have no kind: containers)."""
+    return item.get("kind", CONTAINER)
+
+
+def verify_postgres(cfg: Config, app: App, item: dict[str, Any], work: Path) -> dict[str, Any]:
+    if item_kind(item) == HOST:
+        return scratch_host_postgres(Postgres(kind=HOST, database=item["database"], port=int(item.get("port", 5432))),
+                                     item, work)
+    return scratch_postgres(item, work, f"{app.project}-berth-restore-test", cfg.wait_timeout)
+
+
+def verify_redis(cfg: Config, app: App, item: dict[str, Any], work: Path) -> dict[str, Any]:
+    if item_kind(item) == HOST:
+        return scratch_host_redis(item, work, cfg.wait_timeout)
+    return scratch_redis(item, work, f"{app.project}-berth-restore-test-redis", cfg.wait_timeout)
+
+
 def verify_app(cfg: Config, repo: Repository, app: App, wanted: str, work: Path) -> dict[str, Any]:
     """The restore test of one app's snapshot: checksums, its dump in a scratch PostgreSQL, its RDB in a
-    scratch Redis. Raises BackupError; fills in what it could test before."""
+    scratch Redis (containers without network on an app host; on the db host a scratch database of its
+    cluster and a scratch redis-server). Raises BackupError; fills in what it could test before."""
     result: dict[str, Any] = {}
     empty_dir(work)
     try:
@@ -1156,11 +1682,9 @@ def verify_app(cfg: Config, repo: Repository, app: App, wanted: str, work: Path)
         manifest = fetch(cfg, repo, snapshot, work)
         result["checksums"] = "ok"
         if "postgres" in manifest:
-            result["postgres"] = scratch_postgres(manifest["postgres"], work, f"{app.project}-berth-restore-test",
-                                                  cfg.wait_timeout)
+            result["postgres"] = verify_postgres(cfg, app, manifest["postgres"], work)
         if "redis" in manifest:
-            result["redis"] = scratch_redis(manifest["redis"], work, f"{app.project}-berth-restore-test-redis",
-                                            cfg.wait_timeout)
+            result["redis"] = verify_redis(cfg, app, manifest["redis"], work)
     finally:
         with contextlib.suppress(OSError):
             empty_dir(work)
@@ -1197,14 +1721,14 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
 
 def restore_postgres(cfg: Config, app: App, item: dict[str, Any], work: Path, touched: list[str]) -> dict[str, Any]:
     """Restore into a new database, compare it with the manifest, then swap it in for the live one."""
-    assert app.postgres_service
-    container = service_container(app, app.postgres_service)
+    assert app.postgres and app.postgres.kind == CONTAINER
+    container = service_container(app, app.postgres.service)
     user, database = postgres_identity(container)
     wait_postgres(container, user, database, cfg.wait_timeout)
     staging_db = f"{database}__berth_restore"
     result = checked_restore(container, user, work, item, staging_db)
     touched.append("postgres")
-    with Psql(container, user, "template1") as psql:
+    with container_psql(container, user, "template1") as psql:
         psql.rows(f"DROP DATABASE IF EXISTS {quote_ident(database)} WITH (FORCE);")
         psql.rows(f"ALTER DATABASE {quote_ident(staging_db)} RENAME TO {quote_ident(database)};")
     return result
@@ -1223,17 +1747,9 @@ def convert_to_aof(info: dict[str, Any], mount: dict[str, Any], item: dict[str, 
         "starting a one-off Redis on the restored data",
     )
     try:
-        wait_redis_loaded(name, timeout)
-        before = redis_info(name, "persistence")
-        redis_cli(name, "CONFIG", "SET", "appendonly", "yes")
-
-        def rewritten() -> bool:
-            now = redis_info(name, "persistence")
-            done = now["aof_rewrite_in_progress"] == "0" and now["aof_rewrite_scheduled"] == "0"
-            newer = int(now.get("aof_rewrites", 1)) > int(before.get("aof_rewrites", 0))
-            return done and newer and now.get("aof_last_bgrewrite_status") == "ok"
-
-        wait_until("Redis append-only file rewrite", timeout, rewritten, interval=0.2)
+        cli = container_redis(name)
+        wait_redis_loaded(cli, timeout)
+        rewrite_aof(cli, timeout)
         run(["docker", "exec", name, "redis-cli", "SHUTDOWN"], "stopping the one-off Redis", check=False)
         run(["docker", "wait", name], "waiting for the one-off Redis to stop", timeout=timeout, check=False)
     finally:
@@ -1241,9 +1757,9 @@ def convert_to_aof(info: dict[str, Any], mount: dict[str, Any], item: dict[str, 
 
 
 def restore_redis(cfg: Config, app: App, item: dict[str, Any], work: Path, touched: list[str]) -> dict[str, Any]:
-    assert app.redis_service
+    assert app.redis and app.redis.kind == CONTAINER
     started = time.monotonic()
-    container = service_container(app, app.redis_service, running=False)
+    container = service_container(app, app.redis.service, running=False)
     info = inspect(container)
     mounts = [m for m in info["Mounts"] if m["Destination"] == item["dir"]]
     if not mounts:
@@ -1260,8 +1776,9 @@ def restore_redis(cfg: Config, app: App, item: dict[str, Any], work: Path, touch
         convert_to_aof(info, mounts[0], item, f"{app.project}-berth-restore-redis", cfg.wait_timeout)
     run(["docker", "start", container], "starting Redis")
     wait_until("Redis healthy", cfg.wait_timeout, lambda: health(container) in ("healthy", "running"))
-    wait_redis_loaded(container, cfg.wait_timeout)
-    keys = redis_keys(container)
+    cli = container_redis(container)
+    wait_redis_loaded(cli, cfg.wait_timeout)
+    keys = redis_keys(cli)
     if item["keys_exact"] and keys != item["keys"]:
         raise BackupError(f"Redis has {keys} keys after the restore, the backup recorded {item['keys']}")
     return {"keys": keys, "seconds": round(time.monotonic() - started, 3)}
@@ -1324,15 +1841,22 @@ def restore(cfg: Config, args: argparse.Namespace, record: dict[str, Any], touch
         for component in ("postgres", "redis"):
             if component in components and component not in manifest:
                 raise BackupError(f"snapshot {snapshot['short_id']} holds no {component} backup")
-        own = {app.postgres_service, app.redis_service}
-        others = sorted(running_services(app) - own)
-        if others:
-            raise BackupError(f"stop the services of app {app.name} first ({', '.join(others)} running): "
-                              "restore.yml does it")
-        if "postgres" in components:
-            record["postgres"] = restore_postgres(cfg, app, manifest["postgres"], work, touched)
-        if "redis" in components:
-            record["redis"] = restore_redis(cfg, app, manifest["redis"], work, touched)
+            if component in components and getattr(app, component) is None:
+                raise BackupError(f"app {app.name} has no {component} on this host")
+        if app.in_docker:
+            # An app host: the app's own services must not write while their data is replaced. (On the db
+            # host the apps keep running: the database is swapped in one step and Redis restarts.)
+            own = {s.service for s in (app.postgres, app.redis) if s is not None and s.kind == CONTAINER}
+            others = sorted(running_services(app) - own)
+            if others:
+                raise BackupError(f"stop the services of app {app.name} first ({', '.join(others)} running): "
+                                  "restore.yml does it")
+        if "postgres" in components and app.postgres:
+            restorer = restore_host_postgres if app.postgres.kind == HOST else restore_postgres
+            record["postgres"] = restorer(cfg, app, manifest["postgres"], work, touched)
+        if "redis" in components and app.redis:
+            restorer = restore_host_redis if app.redis.kind == HOST else restore_redis
+            record["redis"] = restorer(cfg, app, manifest["redis"], work, touched)
         record["files"] = restore_files(cfg, repo, app, snapshot, manifest, components, touched)
     finally:
         with contextlib.suppress(OSError):

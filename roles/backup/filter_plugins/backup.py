@@ -1,23 +1,41 @@
-"""The backup role's decisions per app, from the plan (unit-tested in tests/test_backup_program.py).
+"""The backup role's decisions per app and host, from the plan (unit-tested in tests/test_backup_program.py).
 
-    {{ __backup_apps | backup_apps(backup_volumes, backup_exclude) }}   # the apps of config.json
+    {{ __backup_apps | backup_apps(backup_volumes, backup_exclude, 'app' or 'db') }}  # config.json's apps
+    {{ groups | backup_host_role(inventory_hostname) }}                  # app (an app host) or db
     {{ backup_volumes | backup_volumes_without_app(__backup_apps) }}    # volumes no app owns
     {{ backup_local_repository | backup_app_dirs_holding(__backup_apps) }}  # app directories it is inside
+    {{ app | backup_restore_refusal(__backup_apps, __backup_host_apps, role, host, components) }}
+    {{ plan_app | backup_health_url(live_colour_file_content) }}       # the app's health URL on an app host
 
 Each app of `berth_apps | berth_apps_plan` is backed up on its own (its own restic snapshot, tagged
-with its name): its PostgreSQL and Redis when it has them (compose services `postgres` and `redis` of
-the project /opt/<app>), its directory /opt/<app> without /opt/<app>/images (where earlier berth releases
-kept image archives; app_stack keeps them in /var/lib/berth/images, which is not backed up), and
-the volumes of `backup_volumes` named after it: `<app>_…` (compose's name for a volume of the
-project) or `<app>-…`. When two apps' names fit (shop and shop-admin for shop-admin-uploads) the
-longer one owns the volume. A volume named after no app is refused by the input checks. The result
-holds no environment value, so loops over it need no no_log.
+with its name) where its parts are:
+
+- on an **app host** (group `app`): its directory /opt/<app> without /opt/<app>/images (where earlier berth
+  releases kept image archives; app_stack keeps them in /var/lib/berth/images, which is not backed up), the
+  volumes of `backup_volumes` named after it (`<app>_…`, compose's name for a volume of the project, or
+  `<app>-…`; when two apps' names fit, shop and shop-admin for shop-admin-uploads, the longer one owns the
+  volume), and its PostgreSQL and Redis only when they are containers of its compose project
+  (`data: local`): `{kind: container, service: postgres|redis}`;
+- on the **db host** (group `db`): the apps with `data: host` only, each with its PostgreSQL database
+  `{kind: host, database: <db_name>}` (Debian's cluster on 5432, reached as the local superuser postgres)
+  and its Redis instance `{kind: host, unit: redis-server@<name>, port: <db_redis_port>, dir:
+  /var/lib/redis/<name>, password_file: <db_secrets_dir>/redis-password}` as roles/db_host makes them;
+  no files (the db host has no app directory and no Docker).
+
+Apps with `data: external` have nothing on either (their managed database is the provider's). A volume
+named after no app is refused by the input checks. The results hold no environment value, so loops over
+them need no no_log.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+# roles/db_host: PostgreSQL's port on the db host and the directory of each app's Redis instance.
+DB_HOST_POSTGRES_PORT = 5432
+DB_HOST_REDIS_DIR = "/var/lib/redis"
+HOST_ROLES = ("app", "db")
 
 
 def volume_app(volume: str, names: Iterable[str]) -> str | None:
@@ -26,21 +44,65 @@ def volume_app(volume: str, names: Iterable[str]) -> str | None:
     return max(owners, key=len) if owners else None
 
 
-def backup_apps(plan: list[Mapping[str, Any]], volumes: list[str], exclude: list[str]) -> list[dict[str, Any]]:
-    """What berth-backup needs of each app (config.json's apps)."""
+def _components(postgres: Any, redis: Any, volumes: list[str], paths: list[str]) -> list[str]:
+    """What restore.yml can restore of an app on this host (backup_restore_components' values): an app host
+    restores volumes only of an app that has some, so a restore there never stops an app for nothing."""
+    return ((["postgres"] if postgres else []) + (["redis"] if redis else []) + (["volumes"] if volumes else [])
+            + (["paths"] if paths else []))
+
+
+def _app_host_app(app: Mapping[str, Any], names: list[str], volumes: list[str], exclude: list[str]) -> dict[str, Any]:
+    local = app.get("local_services") or []
+    postgres = {"kind": "container", "service": "postgres"} if "postgres" in local else None
+    redis = {"kind": "container", "service": "redis"} if "redis" in local else None
+    own_volumes = [volume for volume in volumes or [] if volume_app(volume, names) == app["name"]]
+    return {
+        "name": app["name"],
+        "project": app["project"],
+        "postgres": postgres,
+        "redis": redis,
+        "paths": [app["dir"]],
+        "exclude": [f"{app['dir']}/images", *(exclude or [])],
+        "volumes": own_volumes,
+        "components": _components(postgres, redis, own_volumes, [app["dir"]]),
+    }
+
+
+def _db_host_app(app: Mapping[str, Any]) -> dict[str, Any]:
+    postgres = ({"kind": "host", "database": app["db_name"], "port": DB_HOST_POSTGRES_PORT}
+                if app.get("postgres", True) else None)
+    redis = ({"kind": "host", "unit": f"redis-server@{app['name']}", "port": int(app["db_redis_port"]),
+              "dir": f"{DB_HOST_REDIS_DIR}/{app['name']}", "password_file": f"{app['db_secrets_dir']}/redis-password"}
+             if app.get("redis", True) else None)
+    return {
+        "name": app["name"],
+        "project": app["project"],
+        "postgres": postgres,
+        "redis": redis,
+        "paths": [],
+        "exclude": [],
+        "volumes": [],
+        "components": _components(postgres, redis, [], []),
+    }
+
+
+def backup_apps(plan: list[Mapping[str, Any]], volumes: list[str], exclude: list[str],
+                host_role: str = "app") -> list[dict[str, Any]]:
+    """What berth-backup backs up of each app on a host whose role is `app` (an app host) or `db` (the db
+    host): config.json's apps."""
+    if host_role not in HOST_ROLES:
+        raise ValueError(f"backup_apps: host_role must be one of {', '.join(HOST_ROLES)}; got {host_role!r}")
+    if host_role == "db":
+        return [_db_host_app(app) for app in plan or []
+                if app.get("data") == "host" and (app.get("postgres", True) or app.get("redis", True))]
     names = [str(app["name"]) for app in plan or []]
-    return [
-        {
-            "name": app["name"],
-            "project": app["project"],
-            "postgres_service": "postgres" if app["postgres"] else None,
-            "redis_service": "redis" if app["redis"] else None,
-            "paths": [app["dir"]],
-            "exclude": [f"{app['dir']}/images", *(exclude or [])],
-            "volumes": [volume for volume in volumes or [] if volume_app(volume, names) == app["name"]],
-        }
-        for app in plan or []
-    ]
+    return [_app_host_app(app, names, volumes, exclude) for app in plan or []]
+
+
+def backup_host_role(groups: Mapping[str, Any], host: str) -> str:
+    """db for the host of the inventory group db, else app (an app host, or a host of an inventory
+    without groups app and db, as berth's one-VPS inventories before them)."""
+    return "db" if host in (groups or {}).get("db", []) else "app"
 
 
 def backup_volumes_without_app(volumes: list[str], plan: list[Mapping[str, Any]]) -> list[str]:
@@ -54,7 +116,56 @@ def backup_app_dirs_holding(path: str, plan: list[Mapping[str, Any]]) -> list[st
     return [str(app["dir"]) for app in plan or [] if f"{path.rstrip('/')}/".startswith(f"{app['dir']}/")]
 
 
+def _where_data_is(app: Mapping[str, Any]) -> str:
+    if app.get("data") == "host":
+        return "its database and Redis are on the db host (data: host): restore them there, -l <the db host>"
+    if app.get("data") == "external":
+        return "its data is in a managed database (data: external): the provider restores it"
+    return "its data is in containers on the app hosts (data: local): restore it there, -l <an app host>"
+
+
+def backup_restore_refusal(name: str, plan: list[Mapping[str, Any]], host_apps: list[Mapping[str, Any]],
+                           host_role: str, host: str, components: list[str]) -> str:
+    """Why restore.yml must not restore app `name` on this host, or "" when it may.
+
+    name: -e app=NAME ("" when not given: allowed when the host backs up one app); plan: every app;
+    host_apps: what this host backs up (backup_apps); components: backup_restore_components."""
+    names = [str(app["name"]) for app in host_apps or []]
+    what = "this host" if host_role == "app" else f"the db host {host}"
+    if not name:
+        if len(names) == 1:
+            name = names[0]
+        elif names:
+            return f"Name the app to restore with -e app=NAME: {what} has {len(names)} apps ({', '.join(names)})."
+        elif host_role == "db":
+            return f"No app keeps its data on the db host {host} (data: host): nothing to restore here."
+        else:
+            return "There is no app on this host (berth_apps is empty): nothing to restore."
+    chosen = next((app for app in host_apps or [] if app["name"] == name), None)
+    if chosen is None:
+        known = next((app for app in plan or [] if app["name"] == name), None)
+        if known is not None and host_role == "db":
+            return f"App {name} has nothing on the db host {host}: {_where_data_is(known)}."
+        return (f"There is no app \"{name}\" on this host; its apps: {', '.join(names) or 'none'} "
+                f"(-e app=NAME).")
+    if not [component for component in components or [] if component in chosen["components"]]:
+        where = "" if host_role == "app" else f" on {what}"
+        return (f"App {name} has none of the components asked for ({', '.join(components or [])}){where}: it "
+                f"has {', '.join(chosen['components'])}.")
+    return ""
+
+
+def backup_health_url(app: Mapping[str, Any], live_colour: str | None) -> str:
+    """The URL an app host answers the app's health on: its live colour's port on 127.0.0.1 (the live colour
+    file's content, blue or green; blue when the file is missing or says something else)."""
+    colour = (live_colour or "").strip()
+    colour = colour if colour in ("blue", "green") else "blue"
+    return f"http://127.0.0.1:{app['ports'][colour]}{app['web']['health_path']}"
+
+
 class FilterModule:
     def filters(self) -> dict:
-        return {"backup_apps": backup_apps, "backup_volumes_without_app": backup_volumes_without_app,
-                "backup_app_dirs_holding": backup_app_dirs_holding}
+        return {"backup_apps": backup_apps, "backup_host_role": backup_host_role,
+                "backup_volumes_without_app": backup_volumes_without_app,
+                "backup_app_dirs_holding": backup_app_dirs_holding,
+                "backup_restore_refusal": backup_restore_refusal, "backup_health_url": backup_health_url}

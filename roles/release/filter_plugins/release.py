@@ -37,12 +37,11 @@ def release_app(plan: Any, name: Any = "") -> dict[str, Any]:
     app = _chosen(plan, name)
     if app is None:
         return {}
-    chosen = {key: value for key, value in app.items() if key != "env"}
+    # Without the values that may be secrets (the environment, a managed database's URLs).
+    chosen = {key: value for key, value in app.items() if key not in ("env", "database_url", "redis_url")}
     return {
         **chosen,
         "repository": _TAG_OR_DIGEST.sub("", str(app["image"]), count=1),
-        # The post-switch check goes through nginx with the first domain; no domain: the colour's own port.
-        "smoke_host": app["domains"][0] if app["domains"] else "",
         "worker_services": {colour: [worker["services"][colour] for worker in app["workers"]] for colour in COLOURS},
         "other_state_files": [other["state_file"] for other in plan if other["name"] != app["name"]],
     }

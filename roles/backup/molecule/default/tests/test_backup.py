@@ -63,7 +63,7 @@ def playbook(name, *extra: str):
     """Run one of the project's playbooks against the test host, with Molecule's inventory."""
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as group:
-        group.write(f"berth:\n  hosts:\n    {HOST}: {{}}\n")
+        group.write(f"berth:\n  children:\n    app:\n      hosts:\n        {HOST}: {{}}\n")
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
@@ -206,10 +206,12 @@ def test_configuration_names_both_repositories_and_both_apps(host):
     assert config["keep"] == KEEP
     apps = {app["name"]: app for app in config["apps"]}
     assert sorted(apps) == ["blog", "shop"]
-    assert apps["shop"] == {"name": "shop", "project": "shop", "postgres_service": "postgres",
-                            "redis_service": "redis", "paths": ["/opt/shop"], "exclude": ["/opt/shop/images"],
-                            "volumes": ["shop-uploads"]}
-    assert (apps["blog"]["redis_service"], apps["blog"]["volumes"], apps["blog"]["paths"]) == (None, [], ["/opt/blog"])
+    assert apps["shop"] == {"name": "shop", "project": "shop", "postgres": {"kind": "container", "service": "postgres"},
+                            "redis": {"kind": "container", "service": "redis"}, "paths": ["/opt/shop"],
+                            "exclude": ["/opt/shop/images"], "volumes": ["shop-uploads"],
+                            "components": ["postgres", "redis", "volumes", "paths"]}
+    assert (apps["blog"]["redis"], apps["blog"]["volumes"], apps["blog"]["paths"], apps["blog"]["components"]) == (
+        None, [], ["/opt/blog"], ["postgres", "paths"])
 
 
 def test_offsite_host_key_is_pinned(host):
@@ -502,7 +504,8 @@ def test_restore_of_blog_brings_back_its_dropped_rows_and_leaves_shop_alone(host
     run = playbook("restore.yml", "-e", f"backup_restore_confirm={HOST}", "-e", "app=blog")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     record = read_json(host, f"{STATE}/last-restore.json")
-    assert (record["status"], record["app"], record["components"]) == ("ok", "blog", ["postgres", "volumes"])
+    # (blog has no volume: of the default components only postgres is restored)
+    assert (record["status"], record["app"], record["components"]) == ("ok", "blog", ["postgres"])
     assert record["snapshot"]["id"] == snapshot_of(first_backup["record"], "blog")
     assert posts_digest(host) == first_backup["before"]["posts"]
     # shop: same rows, same counter, the same containers (not restarted).

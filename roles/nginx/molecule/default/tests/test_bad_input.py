@@ -11,5 +11,5 @@ from bad_input import check_bad_input  # noqa: E402
 
 
 def test_bad_input_fails_before_changes() -> None:
-    # One run over both hosts: 5 cases each (bad_input.yml asserts the outcome of each case itself).
-    check_bad_input(SCENARIO / "bad_input.yml", cases=5, hosts=2, timeout=600)
+    # One run over both hosts: 6 cases each (bad_input.yml asserts the outcome of each case itself).
+    check_bad_input(SCENARIO / "bad_input.yml", cases=6, hosts=2, timeout=600)

@@ -1,17 +1,23 @@
-"""What a client, an attacker and the release logic observe on a host converged with the nginx role.
+"""What a client, an attacker, a load balancer and the release logic observe on a host converged with nginx.
 
-The host serves two apps of berth_apps (molecule.yml): shop (two domains, ports derived from its name)
+Each host serves two apps of berth_apps (molecule.yml): shop (two domains, ports derived from its name)
 and blog (one domain, ports from web.host_port); a third app without domains gets nothing. What nginx
-should do for them is computed here with the same filter the role uses (plugins/filter/apps.py).
-Certificates come from Pebble (a real ACME server) on the host's loopback; each colour of each app is a
-stand-in that says which it is and echoes what nginx passed on (prepare.yml). Tests run in file order:
-renewal and the rate limit last.
+should do for them is computed here with the same filter the role uses (plugins/filter/apps.py). Each
+colour of each app is a stand-in that says which it is and echoes what nginx passed on (prepare.yml).
+Debian 13 terminates TLS with certificates from Pebble (a real ACME server) on its loopback; Debian 12
+is behind a load balancer (nginx_load_balancers: 127.0.0.1, so that requests from the host's loopback
+come "from the load balancer" and requests from its network address from a stranger) and serves the
+apps on port 80. A test that only one of them can answer is skipped on the other. Tests run in file
+order: renewal and the rate limit last.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -28,9 +34,9 @@ assert _spec and _spec.loader
 apps_filter = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(apps_filter)
 
-BERTH_APPS = yaml.safe_load((SCENARIO / "molecule.yml").read_text())["provisioner"]["inventory"]["group_vars"]["all"][
-    "berth_apps"
-]
+INVENTORY = yaml.safe_load((SCENARIO / "molecule.yml").read_text())["provisioner"]["inventory"]
+BERTH_APPS = INVENTORY["group_vars"]["all"]["berth_apps"]
+HOST_VARS = INVENTORY["host_vars"]
 PLAN = {app["name"]: app for app in apps_filter.apps_plan(BERTH_APPS)}
 SERVED = {name: app for name, app in PLAN.items() if app["domains"]}
 # One certificate per app: named by its first domain, covering all of its domains.
@@ -40,6 +46,40 @@ OWNER = {domain: name for name, app in SERVED.items() for domain in app["domains
 ROOT = "/tmp/pebble-root.pem"
 # Pebble issues certificates valid for 5 years; sslyze's Mozilla profile allows 366 days.
 PEBBLE_LIFESPAN_DAYS = 1826
+# The role's defaults for the load balancer's view (roles/nginx/defaults/main.yml).
+HEALTH = "/berth-lb-health"
+DRAIN_FILE = "/var/lib/berth/draining"
+# A client of the load balancer, as the load balancer names it in X-Forwarded-For.
+CLIENT = "203.0.113.9"
+
+
+def load_balancers(host) -> list[str]:
+    """The host's nginx_load_balancers (molecule.yml): empty on the host that terminates TLS itself."""
+    return HOST_VARS.get(host.backend.get_hostname(), {}).get("nginx_load_balancers", [])
+
+
+def behind_lb(host) -> bool:
+    return bool(load_balancers(host))
+
+
+def only_with_tls(host) -> None:
+    if behind_lb(host):
+        pytest.skip("behind a load balancer: no certificates, no HTTPS (the load balancer terminates TLS)")
+
+
+def only_behind_lb(host) -> None:
+    if not behind_lb(host):
+        pytest.skip("this host terminates TLS itself (no nginx_load_balancers)")
+
+
+def app_url(host, name: str, path: str = "/") -> str:
+    """Where a client reaches an app: HTTPS, or port 80 through the load balancer (the host's loopback)."""
+    return f"{'http' if behind_lb(host) else 'https'}://{name}{path}"
+
+
+def via_lb(host, client: str = CLIENT) -> str:
+    """curl options of a request the load balancer forwards for client (nothing on the TLS host)."""
+    return f"-H 'X-Forwarded-For: {client}' -H 'X-Forwarded-Proto: https'" if behind_lb(host) else ""
 
 
 @pytest.fixture
@@ -49,11 +89,11 @@ def trust(host) -> str:
     return ROOT
 
 
-def request(host, url: str, options: str = "") -> tuple[int, dict[str, str], str]:
-    """Status, headers and body of a request from the host itself, trusting only Pebble's root."""
+def request(host, url: str, options: str = "", address: str = "127.0.0.1") -> tuple[int, dict[str, str], str]:
+    """Status, headers and body of a request from the host itself to address, trusting only Pebble's root."""
     name = url.split("/")[2]
     port = 443 if url.startswith("https") else 80
-    out = host.run(f"curl -sS -i --max-time 10 --cacert {ROOT} --resolve {name}:{port}:127.0.0.1 {options} '{url}'")
+    out = host.run(f"curl -sS -i --max-time 10 --cacert {ROOT} --resolve {name}:{port}:{address} {options} '{url}'")
     assert out.rc == 0, out.stderr
     head, _, body = out.stdout.partition("\r\n\r\n")
     lines = head.split("\r\n")
@@ -76,6 +116,11 @@ def nginx_pids(host) -> tuple[str, list[str]]:
     return master, sorted(host.check_output(f"pgrep -P {master}").split())
 
 
+def network_address(host) -> str:
+    """The host's own address on the scenario network: a client that is neither loopback nor a load balancer."""
+    return host.check_output("ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1")
+
+
 def test_services_enabled_and_one_renewal_timer(host):
     assert host.service("nginx").is_running
     assert host.service("nginx").is_enabled
@@ -95,6 +140,7 @@ def test_the_scenario_covers_derived_and_given_ports():
 
 
 def test_certificates_issued_by_pebble_are_served(host, trust):
+    only_with_tls(host)
     assert set(CERTS) == {"shop.test", "blog.test"}
     for domain, names in CERTS.items():
         for name in names:
@@ -111,6 +157,7 @@ def test_certificates_issued_by_pebble_are_served(host, trust):
 
 
 def test_https_proxies_to_the_app_with_security_headers(host, trust):
+    only_with_tls(host)
     for name, owner in OWNER.items():
         status, headers, body = request(host, f"https://{name}/some/path", "-H 'X-Forwarded-For: 6.6.6.6'")
         assert status == 200
@@ -131,12 +178,71 @@ def test_https_proxies_to_the_app_with_security_headers(host, trust):
         assert seen["X-Forwarded-For"] == "127.0.0.1"
 
 
+def test_behind_lb_the_apps_are_proxied_on_port_80_for_the_load_balancer(host):
+    only_behind_lb(host)
+    for name, owner in OWNER.items():
+        # The load balancer's request: the client it names last in X-Forwarded-For (what a client put before
+        # it is its own claim), the scheme the client used.
+        status, headers, body = request(
+            host, f"http://{name}/some/path", f"-H 'X-Forwarded-For: 6.6.6.6, {CLIENT}' -H 'X-Forwarded-Proto: https'"
+        )
+        assert status == 200
+        assert "location" not in headers
+        # The same response headers as the HTTPS server's (the load balancer passes them to the client).
+        assert headers["strict-transport-security"] == "max-age=63072000"
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["content-security-policy"] == "default-src 'self'; frame-ancestors 'none'"
+        assert headers["permissions-policy"] == "geolocation=(), camera=()"
+        app = json.loads(body)
+        assert (app["app"], app["colour"]) == (owner, "blue")
+        seen = app["headers"]
+        assert seen["Host"] == name
+        assert seen["X-Forwarded-For"] == CLIENT
+        assert seen["X-Real-IP"] == CLIENT
+        # The load balancer's X-Forwarded-Proto is passed on (not this connection's http), with its port.
+        assert seen["X-Forwarded-Proto"] == "https"
+        assert seen["X-Forwarded-Port"] == "443"
+        assert seen["X-Forwarded-Host"] == name
+    # The access log names the client, not the load balancer.
+    path = f"/client-logged-{time.time_ns()}"
+    request(host, f"http://shop.test{path}", via_lb(host))
+    assert host.file("/var/log/nginx/access.log").contains(f"^{CLIENT} - .*GET {path} ")
+    # Without X-Forwarded-Proto (or with nonsense in it), the app is told http.
+    _, _, body = request(host, "http://blog.test/", "-H 'X-Forwarded-Proto: gopher'")
+    assert json.loads(body)["headers"]["X-Forwarded-Proto"] == "http"
+    assert json.loads(body)["headers"]["X-Forwarded-Port"] == "80"
+
+
+def test_behind_lb_strangers_get_403_even_naming_the_load_balancer(host):
+    only_behind_lb(host)
+    stranger = network_address(host)
+    for name in OWNER:
+        for claim in ("", "-H 'X-Forwarded-For: 127.0.0.1'"):
+            status, headers, _ = request(host, f"http://{name}/", claim, address=stranger)
+            assert status == 403
+            assert "location" not in headers
+    assert host.file("/var/log/nginx/access.log").contains(f"^{stranger} - .* 403 ")
+
+
+def test_behind_lb_no_certificate_and_no_https(host):
+    only_behind_lb(host)
+    # No certificate was requested for any app (certbot is installed, its timer has nothing to renew).
+    assert host.run("ls /etc/letsencrypt/live/*/cert.pem").rc != 0
+    assert not host.file("/etc/letsencrypt/archive").exists or host.check_output("ls /etc/letsencrypt/archive") == ""
+    conf = host.file("/etc/nginx/nginx.conf").content_string
+    assert "listen 443" not in conf and "ssl_certificate " not in conf
+    # Nothing listens on 443: the load balancer owns TLS.
+    out = host.run("curl -sS --max-time 5 -k https://127.0.0.1/")
+    assert out.rc == 7, out.stderr  # curl: could not connect
+
+
 def test_responses_are_compressed(host, trust):
-    _, headers, _ = request(host, "https://shop.test/", "--compressed")
+    _, headers, _ = request(host, app_url(host, "shop.test"), f"--compressed {via_lb(host)}")
     assert headers["content-encoding"] == "gzip"
 
 
 def test_plain_http_redirects_except_the_acme_path(host):
+    only_with_tls(host)
     for name in OWNER:
         status, headers, _ = request(host, f"http://{name}/a/b?c=1")
         assert status == 301
@@ -156,6 +262,8 @@ def test_unknown_host_is_dropped(host, trust):
     # Plain HTTP: 444, the connection is closed without a response.
     out = host.run("curl -sS --max-time 5 -H 'Host: evil.test' http://127.0.0.1/")
     assert out.rc == 52, out.stderr  # curl: empty reply from server
+    if behind_lb(host):
+        return  # no HTTPS here (test_behind_lb_no_certificate_and_no_https)
     # HTTPS with an unknown name: the handshake is refused, no certificate shown.
     out = host.run("curl -sS --max-time 5 -k --resolve evil.test:443:127.0.0.1 https://evil.test/")
     assert out.rc == 35, out.stderr
@@ -172,19 +280,22 @@ def test_unknown_host_is_dropped(host, trust):
 
 def test_request_body_limit(host, trust):
     host.check_output("head -c 3000000 /dev/zero > /tmp/big && head -c 1000000 /dev/zero > /tmp/small")
-    status, _, _ = request(host, "https://shop.test/upload", "--data-binary @/tmp/big")
+    status, _, _ = request(host, app_url(host, "shop.test", "/upload"), f"--data-binary @/tmp/big {via_lb(host)}")
     assert status == 413
-    status, _, _ = request(host, "https://shop.test/upload", "--data-binary @/tmp/small")
+    status, _, _ = request(host, app_url(host, "shop.test", "/upload"), f"--data-binary @/tmp/small {via_lb(host)}")
     assert status == 200
 
 
 def test_websocket_upgrade_is_proxied(host, trust):
+    # Over TLS, or behind the load balancer in plain HTTP from it (its X-Forwarded-For).
+    lb = behind_lb(host)
     script = f"""
 import socket, ssl
 ctx = ssl.create_default_context(cafile="{ROOT}")
-with socket.create_connection(("127.0.0.1", 443), timeout=10) as raw:
-    with ctx.wrap_socket(raw, server_hostname="blog.test") as s:
+with socket.create_connection(("127.0.0.1", {80 if lb else 443}), timeout=10) as raw:
+    with (raw if {lb} else ctx.wrap_socket(raw, server_hostname="blog.test")) as s:
         s.sendall(b"GET /ws HTTP/1.1\\r\\nHost: blog.test\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+                  b"X-Forwarded-For: {CLIENT}\\r\\n"
                   b"Sec-WebSocket-Version: 13\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n\\r\\n")
         f = s.makefile("rb")
         print(f.readline().decode().strip())
@@ -199,6 +310,7 @@ with socket.create_connection(("127.0.0.1", 443), timeout=10) as raw:
 
 
 def test_second_converge_requested_no_certificate(host):
+    only_with_tls(host)
     # Converge, idempotence and two check runs later, each app still has its first certificate only.
     for cert in CERTS:
         files = sorted(host.check_output(f"ls /etc/letsencrypt/archive/{cert}").split())
@@ -221,7 +333,7 @@ def test_each_app_has_its_live_colour_file_and_no_other(host):
 
 def served(host, name: str) -> tuple[str, str]:
     """The app and colour that answered a request for name."""
-    status, _, body = request(host, f"https://{name}/")
+    status, _, body = request(host, app_url(host, name), via_lb(host))
     assert status == 200
     app = json.loads(body)
     return app["app"], app["colour"]
@@ -276,7 +388,85 @@ def test_colour_switch_moves_one_apps_traffic_without_reload(host, trust):
     assert nginx_pids(host) == before, "nginx was reloaded or restarted"
 
 
+def health(host, host_header: str | None = None, address: str = "127.0.0.1") -> tuple[int, dict[str, str], str]:
+    """The load balancer's health check on port 80, with a Host header (an app's name, an address) or curl's."""
+    header = f"-H 'Host: {host_header}'" if host_header else ""
+    return request(host, f"http://{address}{HEALTH}", header, address=address)
+
+
+# The load balancer may send an app's name, the host's address or anything as Host.
+HEALTH_HOSTS = [*OWNER, None, "192.0.2.44", "lb-check.example"]
+
+
+def test_health_url_answers_ok_on_port_80_for_every_name(host):
+    for name in HEALTH_HOSTS:
+        status, headers, body = health(host, name)
+        assert (status, body) == (200, "ok\n"), name
+        assert headers["content-type"] == "text/plain"
+        assert "location" not in headers  # never redirected to HTTPS
+    # Not logged; never rate-limited (a burst far past 20 r/s from a visitor's address), open to strangers.
+    address = network_address(host)
+    marker = f"health-{time.time_ns()}"
+    urls = " ".join(f"-o /dev/null 'http://shop.test{HEALTH}?{marker}'" for _ in range(120))
+    codes = host.check_output(f"curl -sS --max-time 60 --resolve shop.test:80:{address} -w '%{{http_code}}\\n' {urls}")
+    assert set(codes.split()) == {"200"}
+    assert not host.file("/var/log/nginx/access.log").contains(marker)
+
+
+def run_drain(host, drain: bool, check: bool = False) -> str:
+    """The role's entry point drain (molecule/default/drain.yml) on this host; its recap line."""
+    name = host.backend.get_hostname()
+    ansible_playbook = shutil.which("ansible-playbook")
+    assert ansible_playbook, "ansible-playbook is not on PATH"
+    cmd = [ansible_playbook, "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", name, str(SCENARIO / "drain.yml")]
+    cmd += ["-e", json.dumps({"nginx_drain": drain, "nginx_drain_reason": "test"})] + (["--check"] if check else [])
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}  # a plain recap to read
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    recap = run.stdout[run.stdout.rindex("PLAY RECAP") :]
+    # (the whole recap when the host's line is missing, for the failing assertion to show)
+    return next((line for line in recap.splitlines() if line.strip().startswith(f"{name} ")), recap)
+
+
+def test_drain_turns_the_health_url_to_503_without_reload_and_keeps_serving(host, trust):
+    assert not host.file(DRAIN_FILE).exists
+    before = nginx_pids(host)
+    try:
+        assert "changed=1 " in run_drain(host, True)
+        # The very next health check says draining, whatever the Host header.
+        for name in HEALTH_HOSTS:
+            status, headers, body = health(host, name)
+            assert (status, body) == (503, "draining\n"), name
+            assert headers["content-type"] == "text/plain"
+        content = host.file(DRAIN_FILE).content_string
+        assert re.fullmatch(r"since: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\nreason: test\n", content), content
+        assert host.file(DRAIN_FILE).mode == 0o644
+        # Requests routed here meanwhile are served as before (each name reaches its own app).
+        assert set(colours_served(host).values()) == {"blue"}
+        # Draining again changes nothing (the drain keeps its start time); ending it in check mode neither.
+        assert "changed=0 " in run_drain(host, True)
+        assert host.file(DRAIN_FILE).content_string == content
+        assert "changed=1 " in run_drain(host, False, check=True)
+        assert health(host)[0] == 503
+        assert "changed=1 " in run_drain(host, False)
+        status, _, body = health(host)
+        assert (status, body) == (200, "ok\n")
+        assert "changed=0 " in run_drain(host, False)
+    finally:
+        host.run(f"rm -f {DRAIN_FILE}")
+    # Draining and its end are one file: nginx was neither reloaded nor restarted.
+    assert nginx_pids(host) == before, "nginx was reloaded or restarted"
+    # The drain file by hand works the same (what the entry point does, for an operator).
+    host.check_output(f"touch {DRAIN_FILE}")
+    try:
+        assert health(host, "blog.test")[0] == 503
+    finally:
+        host.check_output(f"rm -f {DRAIN_FILE}")
+    assert health(host, "blog.test")[0] == 200
+
+
 def test_renewal_by_the_timer_service_is_served_without_restart(host, trust):
+    only_with_tls(host)
     old = served_certificate(host, "shop.test").split("serial=")[1].strip()
     master, workers = nginx_pids(host)
     conf = "/etc/letsencrypt/renewal/shop.test.conf"
@@ -308,7 +498,7 @@ def test_logs_rotate_and_nginx_keeps_logging(host, trust):
     assert host.file("/var/log/nginx/access.log.1").exists
     # nginx reopens its logs on USR1 asynchronously: allow it a few seconds.
     for attempt in range(20):
-        request(host, f"https://blog.test/after-rotation-{attempt}")
+        request(host, app_url(host, "blog.test", f"/after-rotation-{attempt}"), via_lb(host))
         if host.file("/var/log/nginx/access.log").contains("GET /after-rotation-"):
             break
         time.sleep(0.25)
@@ -317,6 +507,7 @@ def test_logs_rotate_and_nginx_keeps_logging(host, trust):
 
 def test_sslyze_mozilla_intermediate(host, trust, tmp_path: Path):
     """sslyze from the controller against the host's address; only the certificate lifespan is relaxed."""
+    only_with_tls(host)
     from sslyze.mozilla_tls_profile.tls_config_checker import MozillaTlsConfiguration, TlsConfigurationEnum
 
     intermediate = MozillaTlsConfiguration.get(TlsConfigurationEnum.MOZILLA_INTERMEDIATE)
@@ -341,19 +532,24 @@ def test_sslyze_mozilla_intermediate(host, trust, tmp_path: Path):
     assert "shop.test:443: OK - Compliant." in run.stdout, run.stdout[-3000:]
 
 
-def burst_of_requests(host, address: str) -> list[str]:
+def burst_of_requests(host, address: str, options: str = "") -> list[str]:
     """150 requests on one keep-alive connection, far past 20 r/s with a burst of 40."""
-    urls = " ".join(f"-o /dev/null https://shop.test/r{i}" for i in range(150))
+    port = 80 if behind_lb(host) else 443
+    urls = " ".join(f"-o /dev/null {app_url(host, 'shop.test', f'/r{i}')}" for i in range(150))
     out = host.check_output(
-        f"curl -sS --max-time 60 --cacert {ROOT} --resolve shop.test:443:{address} -w '%{{http_code}}\\n' {urls}"
+        f"curl -sS --max-time 60 --cacert {ROOT} --resolve shop.test:{port}:{address} {options}"
+        f" -w '%{{http_code}}\\n' {urls}"
     )
     return out.split()
 
 
 def test_rate_limit_per_ip(host, trust):
-    # From the host's own network address (not loopback, which is exempt): as a visitor would.
-    address = host.check_output("ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1")
-    codes = burst_of_requests(host, address)
+    if behind_lb(host):
+        # Through the load balancer (loopback, which is exempt): the client it names is limited.
+        codes = burst_of_requests(host, "127.0.0.1", via_lb(host))
+    else:
+        # From the host's own network address (not loopback, which is exempt): as a visitor would.
+        codes = burst_of_requests(host, network_address(host))
     assert len(codes) == 150
     assert codes[0] == "200"
     assert codes.count("429") > 0

@@ -1,0 +1,92 @@
+"""nginx refuses bad input before it changes anything (its tasks/check_input.yml, run on the controller).
+
+Each case starts from valid input and spoils one thing; the valid input itself must pass, so a check
+that always fails cannot hide here. The cases cover the load balancer's view (nginx_load_balancers, the
+health URL, the drain file and the entry point drain); the other rules are exercised by the nginx
+scenario's bad_input.yml and tests/fixtures/bad-settings.yml.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_input_cases
+
+APPS = [{"name": "shop", "image": "registry.example.com/team/shop:1.0.0", "domains": ["shop.example.com"]}]
+GOOD = {"berth_apps": APPS, "nginx_acme_email": "ops@example.com"}
+
+SPOILT: dict[str, dict] = {
+    "valid": {},
+    "valid behind load balancers": {"nginx_load_balancers": ["10.0.0.2", "10.0.0.0/24", "2001:db8::/32"]},
+    "valid behind load balancers without an ACME address": {
+        "nginx_load_balancers": ["10.0.0.2"],
+        "nginx_acme_email": "",
+    },
+    "valid health path and drain file": {
+        "nginx_lb_health_path": "/_health/lb.txt",
+        "nginx_drain_file": "/run/berth/drain-me",
+    },
+    "no ACME address without load balancers": {"nginx_acme_email": ""},
+    "load balancer by host name": {"nginx_load_balancers": ["10.0.0.2", "lb.example.com"]},
+    "load balancer with a netmask": {"nginx_load_balancers": ["10.0.0.0/255.0.0.0"]},
+    "load balancer with an IPv6 zone": {"nginx_load_balancers": ["fe80::1%eth0"]},
+    "load balancers as one string": {"nginx_load_balancers": "10.0.0.2"},
+    "health path /": {"nginx_lb_health_path": "/"},
+    "health path without a slash": {"nginx_lb_health_path": "berth-lb-health"},
+    "health path with a space": {"nginx_lb_health_path": "/lb health"},
+    "health path with a semicolon": {"nginx_lb_health_path": "/h;return"},
+    "relative drain file": {"nginx_drain_file": "draining"},
+    "drain file is a directory": {"nginx_drain_file": "/var/lib/berth/"},
+    "drain file with a brace": {"nginx_drain_file": "/var/lib/berth/d}"},
+    "drain without nginx_drain": {"entry_point": "drain"},
+}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    outcomes, _ = run_input_cases("nginx", SPOILT, GOOD, tmp_path_factory.mktemp("nginx"))
+    return outcomes
+
+
+@pytest.mark.parametrize("case", [name for name in SPOILT if name.startswith("valid")])
+def test_valid_input_passes(outcomes: dict[str, dict], case: str) -> None:
+    assert outcomes[case] == {"failed": False, "msg": ""}
+
+
+LB_RULE = "nginx_load_balancers must hold the IP addresses or networks (CIDR, no host names)"
+HEALTH_RULE = "nginx_lb_health_path must be a URL path other than / of letters, digits and . _ ~ / -"
+DRAIN_RULE = (
+    "nginx_drain_file must be an absolute file path of letters, digits and . _ / -, e.g. /var/lib/berth/draining"
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("no ACME address without load balancers", "nginx_acme_email must be set for Let's Encrypt production"),
+        (
+            "load balancer by host name",
+            f"{LB_RULE} the load balancers connect from, e.g. [10.0.0.2] or [10.0.0.0/24]; got lb.example.com.",
+        ),
+        ("load balancer with a netmask", LB_RULE),
+        ("load balancer with a netmask", "got 10.0.0.0/255.0.0.0."),
+        ("load balancer with an IPv6 zone", "got fe80::1%eth0."),
+        (
+            "load balancers as one string",
+            f'{LB_RULE} the load balancers connect from, e.g. [10.0.0.2] or [10.0.0.0/24]; got "10.0.0.2".',
+        ),
+        ("health path /", f'{HEALTH_RULE} (a path the apps do not use), e.g. /berth-lb-health; got "/".'),
+        ("health path without a slash", 'got "berth-lb-health".'),
+        ("health path with a space", HEALTH_RULE),
+        ("health path with a semicolon", HEALTH_RULE),
+        ("relative drain file", f'{DRAIN_RULE}; got "draining".'),
+        ("drain file is a directory", DRAIN_RULE),
+        ("drain file with a brace", DRAIN_RULE),
+        ("drain without nginx_drain", "missing required arguments: nginx_drain"),
+    ],
+)
+def test_bad_input_fails_with_a_clear_message(outcomes: dict[str, dict], case: str, says: str) -> None:
+    assert outcomes[case]["failed"] is True
+    # The message the user reads (the failed result's msg).
+    assert says in json.loads(outcomes[case]["msg"])["msg"]
