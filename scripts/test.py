@@ -27,7 +27,7 @@ ARTIFACTS = ROOT / "artifacts"
 PY_PATHS = ["scripts", "tests", "roles", "molecule"]
 # Scenarios that take longest start first, so that two at a time end close together (measured order).
 SLOWEST_FIRST = ("site/topology", "site/site", "release/", "hardening/", "backup/", "node_exporter/", "nginx/",
-                 "app_stack/", "app_jobs/")
+                 "app_stack/")
 
 
 @dataclass

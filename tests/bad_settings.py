@@ -89,6 +89,9 @@ def ansible_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        # Facts of this run only: the project's fact cache may hold a real host's of the same name (the
+        # whole-site scenario's app1.example.com), with which the run would get further than a first one.
+        ANSIBLE_CACHE_PLUGIN="memory",
         ANSIBLE_FORCE_COLOR="0",
         NO_COLOR="1",
         PATH=f"{ANSIBLE_PLAYBOOK.parent}{os.pathsep}{env.get('PATH', '')}",

@@ -532,6 +532,12 @@ def test_the_host_role_is_db_only_in_the_group_db() -> None:
         ("shop", "app", ["postgres", "redis", "volumes"], "App shop has none of the components asked for (postgres, "
                                                           "redis, volumes): it has paths."),
         ("shop", "app", ["paths"], ""),
+        # A managed database is never restored by berth: asking for it is refused, the other parts are not.
+        ("news", "app", ["postgres", "redis", "volumes"], "App news's database is a managed one (data: external): "
+                                                          "restore.yml does not restore it (docs/disaster-recovery"
+                                                          ".md). To restore its other parts here, ask for them: "
+                                                          "-e '{\"backup_restore_components\": [\"paths\"]}'."),
+        ("news", "app", ["paths"], ""),
         ("shop", "db", ["postgres", "redis", "volumes"], ""),
         ("", "app", ["volumes"], "Name the app to restore with -e app=NAME: this host has 4 apps"),
     ],
@@ -608,7 +614,9 @@ PG_ANSWERS = {
     "SELECT pg_export_snapshot()": [["00000003-0000001B-1"]],
     "SELECT format(": [["public.visits"]],
     "SELECT count(*)": [["3", "-42"]],
-    "SELECT pg_database_size(current_database()), ": [["8000000", "shop", "17.6 (Debian 17.6-0+deb13u1)"]],
+    # size, user, database, owner, server version
+    "SELECT pg_database_size(current_database()), ": [["8000000", "postgres", "shop", "shop",
+                                                        "17.6 (Debian 17.6-0+deb13u1)"]],
     "SELECT pg_database_size(current_database());": [["8000000"]],
 }
 
@@ -631,14 +639,14 @@ def test_a_db_host_backup_runs_as_postgres_passes_no_password_and_never_calls_do
     manifest = bb.collect(cfg, db_app("shop", 21000, password_file=str(password)), staging)
 
     assert not [argv for argv in fake.argvs() if "docker" in argv]
-    assert ["runuser", "-u", "postgres", "--", "pg_dump", "--format=custom", "--compress=0",
-            "--snapshot=00000003-0000001B-1", "-p", "5432", "-d", "shop"] in fake.argvs()
+    assert ["runuser", "-u", "postgres", "--", "pg_dump", "-p", "5432", "-d", "shop", "--format=custom",
+            "--compress=0", "--snapshot=00000003-0000001B-1"] in fake.argvs()
     # The dump's snapshot was exported in the transaction the table figures are read in, before the dump.
     statements = [sql for database, sql in log if database == "shop"]
     assert statements.index("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;") < statements.index(
         "SELECT pg_export_snapshot();") < statements.index("COMMIT;")
     assert manifest["postgres"] | {"seconds": 0} == {
-        "kind": "host", "database": "shop", "owner": "shop", "port": 5432,
+        "kind": "host", "database": "shop", "owner": "shop", "user": "postgres", "port": 5432,
         "server_version": "17.6 (Debian 17.6-0+deb13u1)", "database_bytes": 8000000,
         "dump": "postgres/database.dump", "rows": 3, "seconds": 0,
         "tables": {"public.visits": {"rows": 3, "checksum": "-42"}}}
@@ -851,3 +859,86 @@ def test_after_boot_a_data_service_that_never_answers_holds_back_only_its_app(mo
     monkeypatch.setattr(bb, "wait_postgres_up", lambda one, pg, timeout: waited.append((one.name, "postgres")))
     bb.settle_after_boot(config(Path("/nonexistent"), (db_app("shop", 21000), db_app("blog", 21004, redis=False))))
     assert waited == [("shop", "postgres"), ("shop", "redis"), ("blog", "postgres")]
+
+
+# --- managed databases (data: external): dumped from the first app host -------------------------
+
+MANAGED = {"image": "postgres:17", "url_file": "/etc/berth/backup/database-urls.json"}
+
+
+def test_the_first_app_host_dumps_each_managed_database_and_no_other_host_does() -> None:
+    groups = {"app": ["app1", "app2"], "db": ["db1"]}
+    assert [filters.backup_dumps_managed_databases(groups, h) for h in ("app1", "app2", "db1")] == [
+        True, False, False]
+    assert filters.backup_dumps_managed_databases({"berth": ["web1"]}, "web1") is False
+    first = {a["name"]: a for a in filters.backup_apps(TOPOLOGY_PLAN, [], [], "app", MANAGED)}
+    other = {a["name"]: a for a in filters.backup_apps(TOPOLOGY_PLAN, [], [], "app")}
+    assert first["news"]["postgres"] == {"kind": "external", **MANAGED}
+    assert other["news"]["postgres"] is None
+    # Its files as any app's, on every app host; restore.yml restores no managed database, and the
+    # managed Redis is not backed up.
+    assert first["news"]["components"] == other["news"]["components"] == ["paths"]
+    assert first["news"]["redis"] is None and first["news"]["paths"] == ["/opt/news"]
+    # The other apps are the same on both hosts; the db host has no managed database.
+    assert {n: a for n, a in first.items() if n != "news"} == {n: a for n, a in other.items() if n != "news"}
+    assert "news" not in {a["name"] for a in filters.backup_apps(TOPOLOGY_PLAN, [], [], "db", MANAGED)}
+    loaded = bb.App.load(first["news"])
+    assert (loaded.postgres.kind, loaded.postgres.image, loaded.in_docker) == ("external", "postgres:17", True)
+    # Without PostgreSQL, nothing to dump.
+    assert filters.backup_apps([{**TOPOLOGY_PLAN[3], "postgres": False}], [], [], "app", MANAGED)[0]["postgres"] is None
+
+
+def test_the_urls_file_holds_exactly_the_managed_databases() -> None:
+    plan = [{**TOPOLOGY_PLAN[3], "database_url": "postgresql://news:pw@db.example:25060/news?sslmode=require"},
+            {**TOPOLOGY_PLAN[3], "name": "cache-only", "postgres": False, "database_url": ""},
+            {**TOPOLOGY_PLAN[0], "database_url": ""}]
+    assert filters.backup_database_urls(plan) == {"news": "postgresql://news:pw@db.example:25060/news?sslmode=require"}
+
+
+@pytest.mark.parametrize(
+    ("url", "env"),
+    [
+        ("postgresql://news:p%40ss%2Fw0rd@db.example.com:25060/news?sslmode=require&connect_timeout=5",
+         {"PGHOST": "db.example.com", "PGPORT": "25060", "PGUSER": "news", "PGPASSWORD": "p@ss/w0rd",
+          "PGDATABASE": "news", "PGSSLMODE": "require", "PGCONNECT_TIMEOUT": "5"}),
+        ("postgres://u@10.0.0.5/app?sslmode=verify-full&sslrootcert=system",
+         {"PGHOST": "10.0.0.5", "PGPORT": "5432", "PGUSER": "u", "PGDATABASE": "app", "PGSSLMODE": "verify-full",
+          "PGSSLROOTCERT": "system"}),
+        ("postgresql://u:pw@[2001:db8::5]:5433/app", {"PGHOST": "2001:db8::5", "PGPORT": "5433", "PGUSER": "u",
+                                                      "PGPASSWORD": "pw", "PGDATABASE": "app"}),
+    ],
+)
+def test_a_database_url_becomes_libpqs_environment(url: str, env: dict[str, str]) -> None:
+    assert bb.pg_url_env(url) == env
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("mysql://u:s3cret@h/db", "must start with postgresql://"),
+        ("postgresql://u:s3cret@h1,h2/db", "names several hosts"),
+        ("postgresql://u:s3cret@h:port/db", "port is not a number"),
+        ("postgresql://u:s3cret@/db", "names no host"),
+        ("postgresql://u:s3cret@h/db?sslmode=verify-ca&sslrootcert=/etc/ca.pem", "sslrootcert names a file"),
+        ("postgresql://u:s3cret@h/db?sslcert=/c.pem", "parameter sslcert is not one"),
+    ],
+)
+def test_a_database_url_berth_cannot_pass_on_is_refused_without_its_password(url: str, says: str) -> None:
+    with pytest.raises(bb.BackupError, match=says) as error:
+        bb.pg_url_env(url)
+    assert "s3cret" not in str(error.value)
+
+
+def test_the_database_url_is_read_from_the_roles_file(tmp_path: Path) -> None:
+    urls = tmp_path / "database-urls.json"
+    urls.write_text(json.dumps({"news": "postgresql://news:pw@h/news?sslmode=require"}))
+    app = bb.App.load({"name": "news", "postgres": {"kind": "external", "image": "postgres:17",
+                                                    "url_file": str(urls)}})
+    assert bb.database_url(app) == "postgresql://news:pw@h/news?sslmode=require"
+    other = bb.App.load({"name": "blog", "postgres": {"kind": "external", "image": "postgres:17",
+                                                      "url_file": str(urls)}})
+    with pytest.raises(bb.BackupError, match="has no database URL for app blog"):
+        bb.database_url(other)
+    missing = bb.App.load({"name": "news", "postgres": {"kind": "external", "url_file": str(tmp_path / "none")}})
+    with pytest.raises(bb.BackupError, match="cannot read the database URLs"):
+        bb.database_url(missing)

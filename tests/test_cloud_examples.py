@@ -73,7 +73,8 @@ def run_site(inventory: Path, password: Path, case: Case, cache: Path) -> Outcom
     bad_settings.run, with a fact cache of its own: no facts of another run's hosts of the same name)."""
     argv = [str(bad_settings.ANSIBLE_PLAYBOOK), "-i", str(inventory), "site.yml", "--vault-password-file",
             str(password), *UNREACHABLE, "-e", json.dumps(case.vars)]  # fmt: skip
-    env = {**bad_settings.ansible_env(), "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(cache)}
+    env = {**bad_settings.ansible_env(), "ANSIBLE_CACHE_PLUGIN": "jsonfile",
+           "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(cache)}
     start = time.monotonic()
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     return Outcome(case, proc.returncode, time.monotonic() - start, proc.stdout + proc.stderr)

@@ -47,3 +47,14 @@ def test_the_shown_graph_is_ansible_inventorys(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert graph == shown_output()["graph"]
+
+
+def test_a_change_in_check_mode_is_named() -> None:
+    output = (
+        "TASK [common : Install the base packages] ***\nok: [app1]\n"
+        "TASK [node_exporter : Enable the timer] ***\nchanged: [app1]\n"
+        "RUNNING HANDLER [nginx : Reload nginx] ***\nchanged: [app1]\nchanged: [app2]\n"
+        "PLAY RECAP ***\napp1 : ok=3 changed=2 unreachable=0 failed=0\n"
+    )
+    assert run_example.changed_tasks(output) == ["node_exporter : Enable the timer", "nginx : Reload nginx"]
+    assert run_example.changed_tasks("TASK [a] ***\nok: [app1]\n") == []

@@ -39,6 +39,18 @@ COMMANDS = {
 # The values docs/first-hour.md shows.
 DOC_VALUES = {"inventory": "inventories/mysite", "vault": "--ask-vault-pass", "version": "1.0.0"}
 _RECAP = re.compile(r"^\S+\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
+_TASK = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(.*)\]")
+
+
+def changed_tasks(text: str) -> list[str]:
+    """The names of the tasks (and handlers) that reported "changed" in a playbook's output."""
+    found, task = [], ""
+    for line in text.splitlines():
+        if header := _TASK.match(line):
+            task = header.group(1)
+        elif line.startswith("changed: [") and task not in found:
+            found.append(task)
+    return found
 
 
 def doc_command(step: str) -> str:
@@ -69,6 +81,9 @@ def run_step(step: str, values: dict[str, str], logs: Path, check: bool) -> dict
         "changed": sum(c[0] for c in counts),
         "unreachable": sum(c[1] for c in counts),
         "failed": sum(c[2] for c in counts) + (code != 0 and not counts),
+        # named in the summary so that an unexpected change in check mode can be traced after Molecule
+        # has removed the logs
+        "changed_tasks": changed_tasks(text) if check else [],
     }
     print(json.dumps(result), flush=True)
     if code != 0:

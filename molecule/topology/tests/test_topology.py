@@ -89,15 +89,17 @@ def test_a_row_written_through_one_app_host_is_read_through_the_other() -> None:
 
 
 def test_a_job_queued_on_one_host_is_done_once_by_the_shared_workers() -> None:
-    before = through_host("app2", "/jobs")["processed"]
+    before = through_host("app2", "/jobs")
+    run = int(time.time())  # ids of this run's jobs only (the test may run again on the same hosts)
     for number in range(6):
-        through_host(f"app{number % 2 + 1}", f"/enqueue?id=topology-{number}")
+        through_host(f"app{number % 2 + 1}", f"/enqueue?id=topology-{run}-{number}")
     for _ in range(60):
         jobs = through_host("app1", "/jobs")
-        if jobs["processed"] >= before + 6 and jobs["queued"] == 0:
+        if jobs["processed"] >= before["processed"] + 6 and jobs["queued"] == 0:
             break
         time.sleep(0.5)
-    assert jobs["processed"] == before + 6 and jobs["distinct"] == jobs["processed"]
+    # Six rows more, each of a new id: every job done, none twice.
+    assert (jobs["processed"], jobs["distinct"]) == (before["processed"] + 6, before["distinct"] + 6)
 
 
 def test_the_apps_reach_their_data_on_the_db_host_with_tls_where_asked() -> None:
@@ -302,7 +304,14 @@ def db_sql(query: str, database: str = "shop") -> str:
     return out.stdout.strip()
 
 
+def kept_databases() -> set[str]:
+    """The databases restores kept, closed to connections."""
+    return set(db_sql("SELECT datname FROM pg_database WHERE datname LIKE 'shop_before_restore_%' "
+                      "AND NOT datallowconn", "postgres").splitlines())
+
+
 def test_the_db_host_backs_up_and_restores_while_both_app_hosts_run(loaded: LoadedHost) -> None:
+    kept_before = kept_databases()
     rows = through_host("app1", "/visit")["db_rows"]
     backup = loaded.playbook("playbooks/backup-now.yml", "--limit", DB)
     assert backup[0] == 0, backup[1][-3000:]
@@ -324,13 +333,78 @@ def test_the_db_host_backs_up_and_restores_while_both_app_hosts_run(loaded: Load
     for app_host in APPS:
         assert through_host(app_host, "/stats")["db_rows"] == rows
     # (kept closed to connections: opened here only to count its rows)
-    kept = db_sql("SELECT datname FROM pg_database WHERE datname LIKE 'shop_before_restore_%' "
-                  "AND NOT datallowconn", "postgres").splitlines()
+    kept = sorted(kept_databases() - kept_before)
     assert len(kept) == 1
     db_sql(f"ALTER DATABASE {kept[0]} WITH ALLOW_CONNECTIONS true", "postgres")
     assert db_sql("SELECT count(*) FROM visits", kept[0]) == str(rows + 1)
     db_sql(f"ALTER DATABASE {kept[0]} WITH ALLOW_CONNECTIONS false", "postgres")
     assert phase.failed == 0, FIGURES["restore of shop on the db host"]
+
+
+# --- A managed database (data: external): dumped from the first app host only ---------------------------
+
+MANAGED_PASSWORD = "news-managed-test-pw"  # molecule.yml's URL
+
+
+def managed_sql(query: str) -> str:
+    out = docker_exec(LB, "runuser", "-u", "postgres", "--", "psql", "-d", "news", "-Atc", query)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def backup_file(app_host: str, path: str) -> subprocess.CompletedProcess:
+    return docker_exec(APPS[app_host], "cat", f"/var/lib/berth/backup/{path}")
+
+
+def test_the_first_app_host_alone_dumps_the_managed_database_and_its_restore_test_passes(loaded: LoadedHost) -> None:
+    # A row of news's, through app host 2: the data is the managed database's, not a host's.
+    rows = through_host("app2", "/visit", site="news.test")["db_rows"]
+    assert managed_sql("SELECT count(*) FROM visits") == str(rows)
+    backup = loaded.playbook("playbooks/backup-now.yml", "--limit", "app")
+    assert backup[0] == 0, backup[1][-3000:]
+    first = json.loads(backup_file("app1", "last-backup.json").stdout)["apps"]["news"]
+    assert first["status"] == "ok", first
+    dump = first["contents"]["postgres"]
+    assert (dump["kind"], dump["database"], dump["user"], dump["rows"]) == ("external", "news", "news", rows)
+    assert dump["server_version"].startswith("17")
+    # The restore test restored that dump into a scratch server on app host 1 and found every row.
+    tested = json.loads(backup_file("app1", "last-restore-test.json").stdout)["apps"]["news"]
+    assert tested["status"] == "ok" and tested["postgres"]["matches_manifest"], tested
+    assert tested["postgres"]["rows"] == rows
+    # App host 2 backs up news's files only: the database is dumped once, by the first app host.
+    second = json.loads(backup_file("app2", "last-backup.json").stdout)["apps"]["news"]
+    assert second["status"] == "ok" and "postgres" not in second["contents"], second
+    urls_file = "/etc/berth/backup/database-urls.json"
+    assert docker_exec(APPS["app2"], "test", "-e", urls_file).returncode == 1
+    # The URL's password only in the root-only file of app host 1: never in the configuration, the records,
+    # the journal, or the output; no client container left behind.
+    mode = docker_exec(APPS["app1"], "stat", "-c", "%a %U", urls_file).stdout.strip()
+    assert mode == "600 root"
+    for app_host in APPS:
+        found = docker_exec(APPS[app_host], "sh", "-c", "grep -rl -F -e \"$1\" /etc/berth/backup/config.json "
+                            "/var/lib/berth/backup; journalctl -q --no-pager | grep -c -F -e \"$1\"", "-",
+                            MANAGED_PASSWORD)
+        assert found.stdout.split() == ["0"], (app_host, found.stdout)
+        assert not docker_exec(APPS[app_host], "docker", "ps", "-aq", "--filter", "label=berth.backup").stdout.strip()
+    assert MANAGED_PASSWORD not in backup[1]
+    # berth restores no managed database, but its dump is usable: docs/disaster-recovery.md's steps, as
+    # written, bring it into a new database (made at the provider's console) with every row.
+    managed_sql("DROP DATABASE IF EXISTS news_restored WITH (FORCE)")
+    managed_sql("CREATE DATABASE news_restored OWNER news")
+    steps = (
+        "set -e; rm -rf /root/news-restore\n"
+        "berth-backup restic local restore latest --host berth-topo-app1 --tag app=news "
+        "--include /var/lib/berth/backup/staging/postgres --target /root/news-restore\n"
+        "docker run --rm -i -e PGPASSWORD -e PGSSLMODE=require berth-standin/postgres:17 "
+        "pg_restore --no-owner --no-privileges --single-transaction --exit-on-error "
+        "-h 10.79.0.30 -U news -d news_restored "
+        "< /root/news-restore/var/lib/berth/backup/staging/postgres/database.dump\n"
+        "rm -rf /root/news-restore")
+    restored = docker_exec(APPS["app1"], "env", f"PGPASSWORD={MANAGED_PASSWORD}", "sh", "-c", steps)
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    out = docker_exec(LB, "runuser", "-u", "postgres", "--", "psql", "-d", "news_restored", "-Atc",
+                      "SELECT count(*) FROM visits")
+    assert out.stdout.strip() == str(rows), out.stderr
 
 
 # --- Bad topologies, refused before any change --------------------------------------------------------

@@ -6,7 +6,9 @@ Installed by the berth `backup` role as /usr/local/sbin/berth-backup and configu
 it drives `restic` and, where the data is, `docker` (an app host: the compose projects /opt/<app>, their
 volumes, and the PostgreSQL and Redis containers of apps with data: local) or Debian's PostgreSQL and
 Redis (the db host, group db: the database and the Redis instance of each app with data: host, as
-roles/db_host makes them; no Docker there).
+roles/db_host makes them; no Docker there). The first app host also dumps the managed database of each app
+with data: external, with pg_dump in a client container (the URL's parts in its environment, never on a
+command line); the restore test restores that dump into a scratch container of the same image.
 
 Each app gets its own restic snapshot per run and host, tagged `berth` and `app=<app>`: restores, the
 restore test and retention (restic forget groups by host and tags) then work per app, and a failed app
@@ -70,6 +72,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 CONFIG_FILE = Path("/etc/berth/backup/config.json")
 STATE_DIR = Path("/var/lib/berth/backup")
@@ -110,25 +113,31 @@ class Repository:
 
 CONTAINER = "container"
 HOST = "host"
+# A managed database (data: external), reached with its URL from one app host.
+EXTERNAL = "external"
 
 
 @dataclass(frozen=True)
 class Postgres:
     """Where an app's PostgreSQL is: a compose service of its project (kind container, the database and user
-    from the container's environment) or a database of this host's cluster (kind host: the db host, reached
-    as the local superuser postgres by peer authentication; the database and its owner role are named alike)."""
+    from the container's environment), a database of this host's cluster (kind host: the db host, reached
+    as the local superuser postgres by peer authentication; the database and its owner role are named alike)
+    or a managed database (kind external: its URL in the file url_file, a JSON object app -> URL, reached
+    from a client container of `image`, whose pg_dump and scratch server the backup and its test use)."""
 
     kind: str
     service: str = ""
     database: str = ""
     port: int = 5432
+    image: str = ""
+    url_file: str = ""
 
     @classmethod
     def load(cls, data: dict[str, Any] | None) -> Postgres | None:
         if not data:
             return None
         return cls(kind=data["kind"], service=data.get("service", ""), database=data.get("database", ""),
-                   port=int(data.get("port", 5432)))
+                   port=int(data.get("port", 5432)), image=data.get("image", ""), url_file=data.get("url_file", ""))
 
 
 @dataclass(frozen=True)
@@ -175,7 +184,7 @@ class App:
         """Whether any part of the app is Docker's (containers, volumes, a compose project's files): an app
         host's. The db host's apps have none, and the program never calls docker for them."""
         services = [s for s in (self.postgres, self.redis) if s is not None]
-        return bool(self.paths or self.volumes or any(s.kind == CONTAINER for s in services))
+        return bool(self.paths or self.volumes or any(s.kind in (CONTAINER, EXTERNAL) for s in services))
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> App:
@@ -484,6 +493,94 @@ def container_psql(container: str, user: str, database: str) -> Psql:
     return Psql(["docker", "exec", "-i", container, *PSQL_OPTIONS, "-U", user, "-d", database], f"in {container[:12]}")
 
 
+def external_client_name(app: App) -> str:
+    """The client container of an app's managed database (external_client)."""
+    return f"{app.project}-berth-backup-client"
+
+
+def external_psql(app: App) -> Psql:
+    """psql in the app's running client container (external_client): the connection from its environment."""
+    return Psql(["docker", "exec", "-i", external_client_name(app), *PSQL_OPTIONS],
+                f"managed database of app {app.name}")
+
+
+# libpq's environment variable for each parameter a connection URL may carry (PostgreSQL's libpq
+# documentation, "Environment Variables"). Parameters naming a file are left out: the file would have to be
+# inside the client container (sslrootcert=system, the system's CAs, is the exception).
+LIBPQ_ENV = {
+    "sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslnegotiation": "PGSSLNEGOTIATION",
+    "sslsni": "PGSSLSNI", "sslcompression": "PGSSLCOMPRESSION", "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION", "channel_binding": "PGCHANNELBINDING",
+    "connect_timeout": "PGCONNECT_TIMEOUT", "application_name": "PGAPPNAME", "options": "PGOPTIONS",
+    "target_session_attrs": "PGTARGETSESSIONATTRS", "gssencmode": "PGGSSENCMODE",
+    "client_encoding": "PGCLIENTENCODING", "require_auth": "PGREQUIREAUTH",
+}
+
+
+def pg_url_env(url: str) -> dict[str, str]:
+    """libpq's environment (PGHOST, PGUSER, PGPASSWORD, …) for a postgres:// or postgresql:// URL, so that
+    the URL's password is never on a command line. BackupError for what this cannot carry; its message
+    never holds the URL or the password."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise BackupError("the database URL must start with postgresql:// or postgres://")
+    if "," in parts.netloc:
+        raise BackupError("the database URL names several hosts: berth's backup takes one")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise BackupError("the database URL's port is not a number") from exc
+    if not parts.hostname:
+        raise BackupError("the database URL names no host")
+    env = {"PGHOST": unquote(parts.hostname), "PGPORT": str(port or 5432)}
+    if parts.username:
+        env["PGUSER"] = unquote(parts.username)
+    if parts.password is not None:
+        env["PGPASSWORD"] = unquote(parts.password)
+    database = unquote(parts.path.lstrip("/"))
+    if database:
+        env["PGDATABASE"] = database
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "sslrootcert" and value != "system":
+            raise BackupError("the database URL's sslrootcert names a file, which berth's backup client cannot "
+                              "read: use sslrootcert=system (the system's CAs), or sslmode=require")
+        if key not in LIBPQ_ENV:
+            raise BackupError(f"the database URL's parameter {key} is not one berth's backup passes on "
+                              f"({', '.join(sorted(LIBPQ_ENV))})")
+        env[LIBPQ_ENV[key]] = value
+    return env
+
+
+def database_url(app: App) -> str:
+    """The URL of an app's managed database, from the role's file (JSON: app -> URL, root only)."""
+    assert app.postgres and app.postgres.kind == EXTERNAL
+    try:
+        urls = json.loads(Path(app.postgres.url_file).read_text())
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"cannot read the database URLs of {app.postgres.url_file}: {exc}") from exc
+    if not urls.get(app.name):
+        raise BackupError(f"{app.postgres.url_file} has no database URL for app {app.name}")
+    return str(urls[app.name])
+
+
+@contextlib.contextmanager
+def external_client(app: App) -> Iterator[str]:
+    """A client container of the app's managed database for the time of the block: the image's psql and
+    pg_dump, libpq's environment from the URL (passed by name: the values are never on a command line),
+    the default bridge network (the database is outside this host)."""
+    assert app.postgres and app.postgres.kind == EXTERNAL
+    name = external_client_name(app)
+    env = pg_url_env(database_url(app))
+    remove_container(name)
+    run(["docker", "run", "-d", "--name", name, "--label", "berth.backup=client", "--entrypoint", "sleep",
+         *(arg for key in sorted(env) for arg in ("-e", key)), app.postgres.image, "infinity"],
+        "starting the client container of the managed database", env={**os.environ, **env})
+    try:
+        yield name
+    finally:
+        remove_container(name)
+
+
 def host_psql(pg: Postgres, database: str) -> Psql:
     """psql as postgres into a database of this host's cluster (the db host)."""
     return Psql(as_postgres(*PSQL_OPTIONS, "-p", str(pg.port), "-d", database), f"database {database} on this host")
@@ -535,6 +632,32 @@ def wait_postgres(container: str, user: str, database: str, timeout: float) -> N
     )
 
 
+DUMP = "postgres/database.dump"
+# What dump_in_snapshot reads besides the tables, in the same transaction.
+DUMP_FIGURES = ("SELECT pg_database_size(current_database()), current_user, current_database(), "
+                "pg_get_userbyid(datdba), current_setting('server_version') FROM pg_database "
+                "WHERE datname = current_database();")
+
+
+def dump_in_snapshot(psql: Psql, pg_dump: list[str], staging: Path, what: str) -> dict[str, Any]:
+    """Run pg_dump (its argv, writing the custom format to stdout) into staging/postgres/database.dump and
+    read the table figures in one exported snapshot, so that both describe the same data. Returns the
+    manifest's common part: the figures, the database's size, user, name, owner and server version."""
+    started = time.monotonic()
+    target = staging / "postgres"
+    target.mkdir(mode=0o700, exist_ok=True)
+    psql.rows("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;")
+    snapshot = psql.rows("SELECT pg_export_snapshot();")[0][0]
+    with (staging / DUMP).open("wb") as handle:
+        run([*pg_dump, "--format=custom", "--compress=0", f"--snapshot={snapshot}"], what, stdout=handle)
+    tables = table_stats(psql)
+    size, user, database, owner, version = psql.rows(DUMP_FIGURES)[0]
+    psql.rows("COMMIT;")
+    return {"user": user, "database": database, "owner": owner, "server_version": version,
+            "database_bytes": int(size), "dump": DUMP, "tables": tables,
+            "rows": sum(t["rows"] for t in tables.values()), "seconds": round(time.monotonic() - started, 3)}
+
+
 def dump_container_postgres(app: App, staging: Path) -> dict[str, Any]:
     """pg_dump of the app's PostgreSQL container, with its table figures and the server's roles."""
     assert app.postgres and app.postgres.kind == CONTAINER
@@ -542,39 +665,25 @@ def dump_container_postgres(app: App, staging: Path) -> dict[str, Any]:
     container = service_container(app, app.postgres.service)
     user, database = postgres_identity(container)
     run(["docker", "exec", container, "pg_isready", "-q", "-U", user, "-d", database], "PostgreSQL: pg_isready")
-    target = staging / "postgres"
-    target.mkdir(mode=0o700)
-    dump = target / "database.dump"
     with container_psql(container, user, database) as psql:
-        # The dump and the table figures share one snapshot, so they describe the same data.
-        psql.rows("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;")
-        snapshot = psql.rows("SELECT pg_export_snapshot();")[0][0]
-        with dump.open("wb") as handle:
-            run(
-                ["docker", "exec", container, "pg_dump", "--format=custom", "--compress=0", f"--snapshot={snapshot}",
-                 "-U", user, "-d", database],
-                "pg_dump",
-                stdout=handle,
-            )
-        tables = table_stats(psql)
-        size = int(psql.rows("SELECT pg_database_size(current_database());")[0][0])
-        psql.rows("COMMIT;")
-    with (target / "globals.sql").open("wb") as handle:
+        dump = dump_in_snapshot(psql, ["docker", "exec", container, "pg_dump", "-U", user, "-d", database], staging,
+                                "pg_dump")
+    with (staging / "postgres" / "globals.sql").open("wb") as handle:
         run(["docker", "exec", container, "pg_dumpall", "--globals-only", "-U", user, "-l", database],
             "pg_dumpall --globals-only", stdout=handle)
-    return {
-        "kind": CONTAINER,
-        "service": app.postgres.service,
-        "image": inspect(container)["Config"]["Image"],
-        "user": user,
-        "database": database,
-        "database_bytes": size,
-        "dump": "postgres/database.dump",
-        "globals": "postgres/globals.sql",
-        "tables": tables,
-        "rows": sum(t["rows"] for t in tables.values()),
-        "seconds": round(time.monotonic() - started, 3),
-    }
+    return {**dump, "kind": CONTAINER, "service": app.postgres.service, "image": inspect(container)["Config"]["Image"],
+            "globals": "postgres/globals.sql", "seconds": round(time.monotonic() - started, 3)}
+
+
+def dump_external_postgres(app: App, staging: Path) -> dict[str, Any]:
+    """pg_dump of the app's managed database from its client container (external_client, running), with its
+    table figures. No globals: the provider's roles are not berth's to restore (the restore test restores
+    without owners and privileges)."""
+    assert app.postgres and app.postgres.kind == EXTERNAL
+    with external_psql(app) as psql:
+        dump = dump_in_snapshot(psql, ["docker", "exec", external_client_name(app), "pg_dump"], staging,
+                                "pg_dump of the managed database")
+    return {**dump, "kind": EXTERNAL, "image": app.postgres.image}
 
 
 ROLE_LINE = re.compile(r'^(?:CREATE|ALTER) ROLE ("(?:[^"]|"")+"|\S+)(?: WITH .*)?;$')
@@ -597,13 +706,16 @@ def restore_into_new_database(container: str, user: str, work: Path, item: dict[
     """Restore the dump into a new database `name` (from template0); return its table figures."""
     with container_psql(container, user, "template1") as psql:
         existing = {row[0] for row in psql.rows("SELECT rolname FROM pg_roles;")}
-        for statement in missing_role_statements((work / item["globals"]).read_text(), existing):
-            psql.rows(statement)
+        # A managed database's dump has no globals (and no owners): the scratch server's user owns it all.
+        if item.get("globals"):
+            for statement in missing_role_statements((work / item["globals"]).read_text(), existing):
+                psql.rows(statement)
         psql.rows(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE);")
         psql.rows(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0 OWNER {quote_ident(user)};")
+    owners = [] if item.get("globals") else ["--no-owner", "--no-privileges"]
     with (work / item["dump"]).open("rb") as handle:
         run(
-            ["docker", "exec", "-i", container, "pg_restore", "--exit-on-error", "--single-transaction",
+            ["docker", "exec", "-i", container, "pg_restore", "--exit-on-error", "--single-transaction", *owners,
              "-U", user, "-d", name],
             "pg_restore",
             stdin=handle,
@@ -670,33 +782,10 @@ def dump_host_postgres(app: App, staging: Path) -> dict[str, Any]:
     assert pg and pg.kind == HOST
     started = time.monotonic()
     run(as_postgres("pg_isready", "-q", "-p", str(pg.port), "-d", pg.database), "PostgreSQL: pg_isready")
-    target = staging / "postgres"
-    target.mkdir(mode=0o700)
-    dump = target / "database.dump"
     with host_psql(pg, pg.database) as psql:
-        # The dump and the table figures share one snapshot, so they describe the same data.
-        psql.rows("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;")
-        snapshot = psql.rows("SELECT pg_export_snapshot();")[0][0]
-        with dump.open("wb") as handle:
-            run(as_postgres("pg_dump", "--format=custom", "--compress=0", f"--snapshot={snapshot}",
-                            "-p", str(pg.port), "-d", pg.database), "pg_dump", stdout=handle)
-        tables = table_stats(psql)
-        size, owner, version = psql.rows(
-            "SELECT pg_database_size(current_database()), pg_get_userbyid(datdba), current_setting('server_version') "
-            "FROM pg_database WHERE datname = current_database();")[0]
-        psql.rows("COMMIT;")
-    return {
-        "kind": HOST,
-        "database": pg.database,
-        "owner": owner,
-        "port": pg.port,
-        "server_version": version,
-        "database_bytes": int(size),
-        "dump": "postgres/database.dump",
-        "tables": tables,
-        "rows": sum(t["rows"] for t in tables.values()),
-        "seconds": round(time.monotonic() - started, 3),
-    }
+        dump = dump_in_snapshot(psql, as_postgres("pg_dump", "-p", str(pg.port), "-d", pg.database), staging,
+                                "pg_dump")
+    return {**dump, "kind": HOST, "port": pg.port, "seconds": round(time.monotonic() - started, 3)}
 
 
 def create_host_database(pg: Postgres, name: str) -> None:
@@ -1430,7 +1519,10 @@ def settle_after_boot(cfg: Config) -> None:
 
 
 def wait_postgres_up(app: App, pg: Postgres, timeout: float) -> None:
-    """Wait until the app's PostgreSQL answers: its container running and ready, or this host's cluster."""
+    """Wait until the app's PostgreSQL answers: its container running and ready, or this host's cluster (a
+    managed database is not this host's to wait for: its backup tells)."""
+    if pg.kind == EXTERNAL:
+        return
     if pg.kind == HOST:
         wait_until("PostgreSQL on this host answering after boot", timeout, lambda: host_pg_ready(pg))
         return
@@ -1456,7 +1548,10 @@ def wait_redis_up(app: App, redis: Redis, timeout: float) -> None:
 
 
 def app_psql(app: App, pg: Postgres) -> Psql:
-    """A psql session in the app's own database, wherever it is."""
+    """A psql session in the app's own database, wherever it is (a managed one: through its running client
+    container, external_client)."""
+    if pg.kind == EXTERNAL:
+        return external_psql(app)
     if pg.kind == HOST:
         return host_psql(pg, pg.database)
     container = service_container(app, pg.service)
@@ -1492,10 +1587,12 @@ def collect(cfg: Config, app: App, staging: Path) -> dict[str, Any]:
     """Everything one app's snapshot holds, staged: dumps plus a manifest with sizes and checksums."""
     manifest: dict[str, Any] = {"host": cfg.host, "app": app.name, "project": app.project,
                                 "created": now_iso(time.time())}
-    check_staging_space(cfg, app, staging)
-    if app.postgres:
-        manifest["postgres"] = (dump_host_postgres(app, staging) if app.postgres.kind == HOST
-                                else dump_container_postgres(app, staging))
+    with external_client(app) if app.postgres and app.postgres.kind == EXTERNAL else contextlib.nullcontext():
+        check_staging_space(cfg, app, staging)
+        if app.postgres:
+            dump = {HOST: dump_host_postgres, EXTERNAL: dump_external_postgres}.get(app.postgres.kind,
+                                                                                  dump_container_postgres)
+            manifest["postgres"] = dump(app, staging)
     if app.redis:
         manifest["redis"] = (save_host_redis(cfg, app, staging) if app.redis.kind == HOST
                              else save_redis(cfg, app, staging))
@@ -1851,6 +1948,9 @@ def restore(cfg: Config, args: argparse.Namespace, record: dict[str, Any], touch
             if others:
                 raise BackupError(f"stop the services of app {app.name} first ({', '.join(others)} running): "
                                   "restore.yml does it")
+        if "postgres" in components and app.postgres and app.postgres.kind == EXTERNAL:
+            raise BackupError(f"app {app.name}'s database is a managed one (data: external): berth does not "
+                              "restore it (docs/disaster-recovery.md)")
         if "postgres" in components and app.postgres:
             restorer = restore_host_postgres if app.postgres.kind == HOST else restore_postgres
             record["postgres"] = restorer(cfg, app, manifest["postgres"], work, touched)

@@ -1,7 +1,9 @@
 """The backup role's decisions per app and host, from the plan (unit-tested in tests/test_backup_program.py).
 
-    {{ __backup_apps | backup_apps(backup_volumes, backup_exclude, 'app' or 'db') }}  # config.json's apps
+    {{ __backup_apps | backup_apps(backup_volumes, backup_exclude, 'app' or 'db', external) }}  # config.json's apps
     {{ groups | backup_host_role(inventory_hostname) }}                  # app (an app host) or db
+    {{ groups | backup_dumps_managed_databases(inventory_hostname) }}    # the one app host that dumps them
+    {{ __backup_apps | backup_database_urls }}                            # app -> managed database URL (secret)
     {{ backup_volumes | backup_volumes_without_app(__backup_apps) }}    # volumes no app owns
     {{ backup_local_repository | backup_app_dirs_holding(__backup_apps) }}  # app directories it is inside
     {{ app | backup_restore_refusal(__backup_apps, __backup_host_apps, role, host, components) }}
@@ -22,13 +24,18 @@ with its name) where its parts are:
   /var/lib/redis/<name>, password_file: <db_secrets_dir>/redis-password}` as roles/db_host makes them;
   no files (the db host has no app directory and no Docker).
 
-Apps with `data: external` have nothing on either (their managed database is the provider's). A volume
-named after no app is refused by the input checks. The results hold no environment value, so loops over
-them need no no_log.
+An app with `data: external` (a managed database) has its files and volumes backed up on every app host
+like any app, and its database dumped (pg_dump against its URL) on exactly one app host, the first of the
+group app: `{kind: external, image: <the client image>, url_file: <JSON app -> URL>}`. Its Redis is not
+backed up (a managed Redis is the provider's; `redis-cli --rdb` is refused by most of them). restore.yml
+does not restore a managed database, so `postgres` is not among its components. A volume named after no
+app is refused by the input checks. The results hold no environment value (the URLs stay in url_file),
+so loops over them need no no_log.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -51,11 +58,15 @@ def _components(postgres: Any, redis: Any, volumes: list[str], paths: list[str])
             + (["paths"] if paths else []))
 
 
-def _app_host_app(app: Mapping[str, Any], names: list[str], volumes: list[str], exclude: list[str]) -> dict[str, Any]:
+def _app_host_app(app: Mapping[str, Any], names: list[str], volumes: list[str], exclude: list[str],
+                  external: Mapping[str, str] | None) -> dict[str, Any]:
     local = app.get("local_services") or []
     postgres = {"kind": "container", "service": "postgres"} if "postgres" in local else None
+    if external and app.get("data") == "external" and app.get("postgres", True):
+        postgres = {"kind": "external", "image": external["image"], "url_file": external["url_file"]}
     redis = {"kind": "container", "service": "redis"} if "redis" in local else None
     own_volumes = [volume for volume in volumes or [] if volume_app(volume, names) == app["name"]]
+    restorable = postgres if postgres and postgres["kind"] == "container" else None
     return {
         "name": app["name"],
         "project": app["project"],
@@ -64,7 +75,7 @@ def _app_host_app(app: Mapping[str, Any], names: list[str], volumes: list[str], 
         "paths": [app["dir"]],
         "exclude": [f"{app['dir']}/images", *(exclude or [])],
         "volumes": own_volumes,
-        "components": _components(postgres, redis, own_volumes, [app["dir"]]),
+        "components": _components(restorable, redis, own_volumes, [app["dir"]]),
     }
 
 
@@ -87,16 +98,31 @@ def _db_host_app(app: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def backup_apps(plan: list[Mapping[str, Any]], volumes: list[str], exclude: list[str],
-                host_role: str = "app") -> list[dict[str, Any]]:
+                host_role: str = "app", external: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """What berth-backup backs up of each app on a host whose role is `app` (an app host) or `db` (the db
-    host): config.json's apps."""
+    host): config.json's apps. external: {image, url_file} on the app host that dumps the managed databases
+    (backup_dumps_managed_databases), else None."""
     if host_role not in HOST_ROLES:
         raise ValueError(f"backup_apps: host_role must be one of {', '.join(HOST_ROLES)}; got {host_role!r}")
     if host_role == "db":
         return [_db_host_app(app) for app in plan or []
                 if app.get("data") == "host" and (app.get("postgres", True) or app.get("redis", True))]
     names = [str(app["name"]) for app in plan or []]
-    return [_app_host_app(app, names, volumes, exclude) for app in plan or []]
+    return [_app_host_app(app, names, volumes, exclude, external) for app in plan or []]
+
+
+def backup_dumps_managed_databases(groups: Mapping[str, Any], host: str) -> bool:
+    """Whether this host dumps the managed databases (data: external): the first host of the group app
+    (the inventory's order), so that each is dumped once however many app hosts serve its app."""
+    app_hosts = list((groups or {}).get("app", []))
+    return bool(app_hosts) and app_hosts[0] == host
+
+
+def backup_database_urls(plan: list[Mapping[str, Any]]) -> dict[str, str]:
+    """The URL of each managed database berth dumps (data: external with PostgreSQL): app name -> URL. A
+    secret: written with no_log to a root-only file."""
+    return {str(app["name"]): str(app["database_url"]) for app in plan or []
+            if app.get("data") == "external" and app.get("postgres", True) and app.get("database_url")}
 
 
 def backup_host_role(groups: Mapping[str, Any], host: str) -> str:
@@ -120,7 +146,8 @@ def _where_data_is(app: Mapping[str, Any]) -> str:
     if app.get("data") == "host":
         return "its database and Redis are on the db host (data: host): restore them there, -l <the db host>"
     if app.get("data") == "external":
-        return "its data is in a managed database (data: external): the provider restores it"
+        return ("its data is in a managed database (data: external): berth backs it up from the first app host "
+                "but does not restore it (docs/disaster-recovery.md)")
     return "its data is in containers on the app hosts (data: local): restore it there, -l <an app host>"
 
 
@@ -148,6 +175,12 @@ def backup_restore_refusal(name: str, plan: list[Mapping[str, Any]], host_apps: 
             return f"App {name} has nothing on the db host {host}: {_where_data_is(known)}."
         return (f"There is no app \"{name}\" on this host; its apps: {', '.join(names) or 'none'} "
                 f"(-e app=NAME).")
+    known = next((app for app in plan or [] if app["name"] == name), {})
+    if host_role == "app" and known.get("data") == "external" and "postgres" in (components or []):
+        others = [component for component in chosen["components"] if component != "postgres"]
+        return (f"App {name}'s database is a managed one (data: external): restore.yml does not restore it "
+                f"(docs/disaster-recovery.md). To restore its other parts here, ask for them: "
+                f"-e '{{\"backup_restore_components\": {json.dumps(others)}}}'.")
     if not [component for component in components or [] if component in chosen["components"]]:
         where = "" if host_role == "app" else f" on {what}"
         return (f"App {name} has none of the components asked for ({', '.join(components or [])}){where}: it "
@@ -168,4 +201,6 @@ class FilterModule:
         return {"backup_apps": backup_apps, "backup_host_role": backup_host_role,
                 "backup_volumes_without_app": backup_volumes_without_app,
                 "backup_app_dirs_holding": backup_app_dirs_holding,
-                "backup_restore_refusal": backup_restore_refusal, "backup_health_url": backup_health_url}
+                "backup_restore_refusal": backup_restore_refusal, "backup_health_url": backup_health_url,
+                "backup_dumps_managed_databases": backup_dumps_managed_databases,
+                "backup_database_urls": backup_database_urls}

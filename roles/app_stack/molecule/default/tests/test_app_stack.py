@@ -1,5 +1,7 @@
 """What a user of a converged host observes after the docker and app_stack roles with two apps (see
-converge.yml): shop (a worker, PostgreSQL, Redis) and blog (PostgreSQL only, web.host_port 18000)."""
+molecule.yml): shop (a worker, PostgreSQL, Redis) and blog (PostgreSQL only, web.host_port 18000).
+shop's jobs (the role app_jobs, tests/test_app_jobs.py) run in one-off containers of its project: the
+checks of the app's services leave those out."""
 
 import importlib.util
 import json
@@ -17,16 +19,22 @@ testinfra_hosts = ["all"]
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[4]
 
-# The apps as converge.yml describes them, and what the project's filter derives from them.
+# The apps as the scenario's inventory (molecule.yml) describes them, and what the project's filter
+# derives from them. Molecule reads "$$" in molecule.yml as a literal "$"; shop's jobs are a template
+# (a test adds jobs with -e __extra_jobs): here they are the scenario's own.
 _spec = importlib.util.spec_from_file_location("berth_apps_filter", ROOT / "plugins" / "filter" / "apps.py")
 assert _spec and _spec.loader
 apps_filter = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(apps_filter)
-BERTH_APPS = yaml.safe_load((HERE.parent / "converge.yml").read_text())[0]["vars"]["berth_apps"]
+HOST_VARS = yaml.safe_load((HERE.parent / "molecule.yml").read_text().replace("$$", "$"))["provisioner"][
+    "inventory"]["host_vars"]["berth-app-stack-trixie"]
+BERTH_APPS = [
+    {**app, "jobs": HOST_VARS["__shop_jobs"]} if app["name"] == "shop" else app for app in HOST_VARS["berth_apps"]
+]
 PLAN = {app["name"]: app for app in apps_filter.apps_plan(BERTH_APPS)}
 SHOP, BLOG = PLAN["shop"], PLAN["blog"]
 WORKER = SHOP["workers"][0]
-# Before any release the live colour is blue; converge.yml keeps the idle web warm.
+# Before any release the live colour is blue; the scenario keeps the idle web warm.
 SERVICES = {
     "shop": ["postgres", "redis", "web-blue", "web-green", "worker-default-blue"],
     "blog": ["postgres", "web-blue", "web-green"],
@@ -56,10 +64,13 @@ def get_json(host, port, path):
 
 
 def containers(host, project):
-    """{service: [container, …]} of a compose project (a worker has one per replica)."""
+    """{service: [container, …]} of a compose project (a worker has one per replica), without one-off
+    containers (`docker compose run`: shop's jobs, every minute for summary, and the kit test's)."""
     out = host.check_output(f"docker compose -p {project} ps --all --format json")
     found = {}
     for container in map(json.loads, out.splitlines()):  # compose prints one JSON object per line
+        if "com.docker.compose.oneoff=True" in container["Labels"].split(","):
+            continue
         found.setdefault(container["Service"], []).append(container)
     return found
 

@@ -9,12 +9,12 @@ the playbook makes there. The database replaced is kept under its before_restore
 docs/disaster-recovery.md says. Timings land in artifacts/molecule/backup-dbhost-timings.json (git-ignored).
 """
 
-import importlib.util
 import json
 import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,16 +35,12 @@ KEYS = 20
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _derived_port(name: str) -> int:
-    """An app's blue port, as the plan derives it (plugins/filter/apps.py): shop's Redis listens on it."""
-    spec = importlib.util.spec_from_file_location("berth_apps_filter", ROOT / "plugins" / "filter" / "apps.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.derived_port(name)
+# An app's blue port as the plan derives it (plugins/filter/apps.py): shop's web (and, on the db host, its
+# Redis) listens on it.
+sys.path.insert(0, str(ROOT / "plugins" / "filter"))
+from apps import derived_port  # noqa: E402
 
-
-SHOP_BLUE = _derived_port("shop")
+SHOP_BLUE = derived_port("shop")
 SHOP_GREEN = SHOP_BLUE + 1
 
 

@@ -7,12 +7,12 @@ table dropped and playbooks/restore.yml -e app=NAME brings it back, leaving the 
 Timings land in artifacts/molecule/backup-timings.json (git-ignored) for the report.
 """
 
-import importlib.util
 import json
 import os
 import re
 import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -43,16 +43,12 @@ UNITS = ("berth-backup.service", "berth-backup.timer", "berth-backup-verify.serv
 TIMINGS = ROOT / "artifacts" / "molecule" / "backup-timings.json"
 
 
-def _derived_port(name: str) -> int:
-    """shop's blue port on 127.0.0.1, as the plan derives it (plugins/filter/apps.py)."""
-    spec = importlib.util.spec_from_file_location("berth_apps_filter", ROOT / "plugins" / "filter" / "apps.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.derived_port(name)
+# An app's blue port as the plan derives it (plugins/filter/apps.py): shop's web (and, on the db host, its
+# Redis) listens on it.
+sys.path.insert(0, str(ROOT / "plugins" / "filter"))
+from apps import derived_port  # noqa: E402
 
-
-SHOP_BLUE = _derived_port("shop")
+SHOP_BLUE = derived_port("shop")
 SHOP_GREEN = SHOP_BLUE + 1
 
 

@@ -1,6 +1,7 @@
 """What a user of a converged host observes after docker, app_stack and app_jobs (see molecule.yml):
 the jobs of the app shop run from their timers in one-off containers of the live colour, never two at
-once, and their results are in the journal and in node_exporter's metrics."""
+once, and their results are in the journal and in node_exporter's metrics. (The app blog, without jobs,
+is there too: tests/test_app_stack.py.)"""
 
 import json
 import os
@@ -18,6 +19,7 @@ PROGRAM = "/usr/local/sbin/berth-job"
 METRICS_DIR = "/var/lib/prometheus/node-exporter"
 JOBS = ["summary", "slow", "broken", "stuck", "colour"]
 LIVE_COLOUR = "/var/lib/berth/apps/shop/live-colour"
+SHOP_COMPOSE = "docker compose --project-directory /opt/shop"
 
 
 def unit(job):
@@ -165,12 +167,23 @@ def test_a_job_past_its_timeout_is_stopped_and_counts_a_failure(host):
     host.check_output(f"systemctl reset-failed {unit('stuck')}.service")
 
 
+def running_services(host):
+    return host.run(f"{SHOP_COMPOSE} ps --status running --services").stdout.split()
+
+
 @pytest.fixture
 def live_colour_green(host):
+    """green live, and its web stopped as on a host that does not keep the idle colour warm (the scenario
+    does, app_stack_idle_colour_running, for the checks of tests/test_app_stack.py): started again after."""
     assert not host.file(LIVE_COLOUR).exists, "nginx is not in this scenario: no live-colour file yet"
+    host.check_output(f"{SHOP_COMPOSE} stop web-green")
+    assert "web-green" not in running_services(host)
     host.check_output(f"mkdir -p {Path(LIVE_COLOUR).parent} && echo green > {LIVE_COLOUR}")
     yield
     host.check_output(f"rm -f {LIVE_COLOUR}")
+    host.check_output(f"{SHOP_COMPOSE} start web-green")
+    wait_for("shop's web-green healthy again", lambda: [json.loads(line)["Health"] for line in host.check_output(
+        f"{SHOP_COMPOSE} ps --format json web-green").splitlines()] == ["healthy"], timeout=90)
 
 
 def test_a_job_runs_in_the_blue_colour_before_any_release(host):
@@ -189,8 +202,7 @@ def test_a_job_runs_in_the_live_colour(host, live_colour_green):
     last = state(host, "colour")["last_run"]
     assert (last["colour"], last["service"], last["image"]) == ("green", "web-green", "berth-demo-app:v1")
     # Only the one-off container ran: the idle colour's web was not started.
-    assert host.run("docker compose --project-directory /opt/shop ps --status running --services").stdout.split().count(
-        "web-green") == 0
+    assert running_services(host).count("web-green") == 0
 
 
 def test_a_removed_job_loses_its_timer_and_files(host):
