@@ -38,7 +38,7 @@ def targets(prometheus) -> dict[str, dict]:
     """The exporters' scrape targets once Prometheus has scraped each of them successfully."""
 
     def all_up() -> dict[str, dict]:
-        found = {t["labels"]["instance"]: t for t in api(prometheus, "targets")["activeTargets"]}
+        found = {t["labels"]["instance"]: t for t in api(prometheus, "v1/targets")["activeTargets"]}
         return found if all(found.get(f"{e}:9100", {}).get("health") == "up" for e in EXPORTERS) else {}
 
     return wait_for(all_up, 90, "both exporters up in Prometheus")
@@ -146,7 +146,7 @@ def test_upgrade_and_reboot_metrics_reach_prometheus(prometheus, targets):
 def alert_states(prometheus) -> dict[tuple[str, str, str], str]:
     """{(alert name, instance, domain or repository): state} of the live Prometheus' active alerts."""
     states = {}
-    for alert in api(prometheus, "alerts")["alerts"]:
+    for alert in api(prometheus, "v1/alerts")["alerts"]:
         labels = alert["labels"]
         subject = labels.get("domain") or labels.get("repository", "")
         states[(labels["alertname"], labels["instance"], subject)] = alert["state"]
@@ -180,7 +180,7 @@ def test_alert_rules_pass_promtool(prometheus):
 
 
 def test_the_live_prometheus_evaluates_the_rules_on_scraped_data(prometheus, targets):
-    groups = {g["name"] for g in api(prometheus, "rules")["groups"]}
+    groups = {g["name"] for g in api(prometheus, "v1/rules")["groups"]}
     assert groups == {"berth-host", "berth-backup", "berth-tls", "berth-release", "berth-jobs", "berth-updates"}
 
     expected = {}
