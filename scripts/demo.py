@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """The local demo: a disposable Debian 13 "VPS" (a systemd container) that site.yml provisions.
 
-    scripts/demo.py up       # set up, start the demo host, run site.yml against it (re-runnable)
-    scripts/demo.py down     # remove the demo host, its volumes and network
-    scripts/demo.py status   # is it running?
+    scripts/demo.py up                # set up, start the demo host, run site.yml against it (re-runnable)
+    scripts/demo.py up --monitoring   # the same, plus a monitoring host watching it (Prometheus, alerts)
+    scripts/demo.py down              # remove the demo hosts, their volumes and network
+    scripts/demo.py status            # are they running?
 
-The host is created by the same playbook that makes Molecule's test hosts (molecule/shared/create.yml)
-and reached with docker exec through inventories/local.
+The hosts are created by the same playbook that makes Molecule's test hosts (molecule/shared/create.yml)
+and reached with docker exec through inventories/local (and inventories/local-monitoring for the
+monitoring host, whose alerts go to stand-ins for a team's chat and mail on its loopback).
 """
 
 from __future__ import annotations
@@ -22,21 +24,22 @@ from secrets import token_urlsafe
 import images
 from _lib import ROOT, VENV_BIN, log, output, run, venv_env
 
-HOST = "berth-demo"
+HOST, MONITOR = "berth-demo", "berth-demo-monitor"
 HTTPS_PORT, HTTP_PORT = 8443, 8080
-PLATFORMS = {
-    "molecule_yml": {
-        "platforms": [
-            {
-                "name": HOST,
-                "image": "berth-test:trixie",
-                "groups": ["nested_docker"],
-                # Reachable from this machine only (loopback), like a VPS's 443 and 80.
-                "published_ports": [f"127.0.0.1:{HTTPS_PORT}:443", f"127.0.0.1:{HTTP_PORT}:80"],
-            }
-        ]
-    }
+DEMO_HOST = {
+    "name": HOST,
+    "image": "berth-test:trixie",
+    "groups": ["nested_docker"],
+    # Reachable from this machine only (loopback), like a VPS's 443 and 80.
+    "published_ports": [f"127.0.0.1:{HTTPS_PORT}:443", f"127.0.0.1:{HTTP_PORT}:80"],
 }
+# On the demo host's network (the first platform's), which resolves the containers' names.
+MONITOR_HOST = {"name": MONITOR, "image": "berth-test:trixie", "groups": []}
+
+
+def platforms(monitoring: bool) -> dict:
+    return {"molecule_yml": {"platforms": [DEMO_HOST, MONITOR_HOST] if monitoring else [DEMO_HOST]}}
+
 DEMO = ROOT / ".cache" / "demo"
 SECRETS = DEMO / "secrets.yml"
 
@@ -67,27 +70,34 @@ def playbook(path: str, *extra: str) -> None:
     run([str(VENV_BIN / "ansible-playbook"), path, *extra], cwd=ROOT, env=venv_env())
 
 
-def up() -> None:
+def up(monitoring: bool) -> None:
     began = time.monotonic()
     run([sys.executable, str(ROOT / "scripts" / "setup.py"), "--engine"])
     run([sys.executable, str(ROOT / "scripts" / "images.py"), "trixie", "kit"])
-    log(f"demo host {HOST}")
-    playbook("molecule/shared/create.yml", "-e", json.dumps(PLATFORMS))
+    log(f"demo host {HOST}" + (f" and monitoring host {MONITOR}" if monitoring else ""))
+    playbook("molecule/shared/create.yml", "-e", json.dumps(platforms(monitoring)))
     # What a real VPS does not need: the inner engine's test drop-in, and a local ACME server.
     playbook("molecule/shared/inner-docker.yml", "-i", "inventories/local")
     playbook("molecule/shared/pebble.yml", "-i", "inventories/local")
+    inventory = ["-i", "inventories/local"] + (["-i", "inventories/local-monitoring"] if monitoring else [])
+    if monitoring:
+        # What the internet and the team are in real life: the apps' names resolve to the demo host and
+        # Pebble's root is trusted; a webhook receiver and an SMTP sink stand in for chat and mail.
+        view = {"outside_app_host": HOST, "outside_domains": ["shop.localhost", "blog.localhost"]}
+        playbook("molecule/shared/outside-view.yml", *inventory, "-e", json.dumps(view))
+        playbook("molecule/shared/alert-sinks.yml", *inventory)
     admin_key()
     extra = ["-e", f"@{secrets()}", "-e", json.dumps({"app_stack_image_archives": [str(images.kit_tarball())]})]
     log("site.yml")
     start = time.monotonic()
-    playbook("site.yml", "-i", "inventories/local", *extra)
+    playbook("site.yml", *inventory, *extra)
     log(f"site.yml took {time.monotonic() - start:.0f} s")
     # The first release of each app: records v1 (which the stack started) as its live release; changes
     # nothing later.
     for app in ("shop", "blog"):
         log(f"first release of {app}")
         release = ["-e", f"app={app}", "-e", "app_version=v1"]
-        playbook("playbooks/deploy.yml", "-i", "inventories/local", *extra[:2], *release)
+        playbook("playbooks/deploy.yml", *inventory, *extra[:2], *release)
     log(f"demo up took {time.monotonic() - began:.0f} s in all")
     root = DEMO / "pebble-root.pem"
     root.write_text(output(["docker", "exec", HOST, "curl", "-sk", "https://127.0.0.1:15000/roots/0"]) + "\n")
@@ -100,7 +110,7 @@ The demo host {HOST} is provisioned: nginx serves two apps over HTTPS with certi
   shell on it:        docker exec -it {HOST} bash
   SSH as the admin:   ssh -i .cache/demo/admin_ed25519 berth@$(docker inspect -f \\
                         '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' {HOST})
-  run site.yml again: .venv/bin/ansible-playbook site.yml -i inventories/local {" ".join(extra[:2])} \\
+  run site.yml again: .venv/bin/ansible-playbook site.yml {" ".join(inventory)} {" ".join(extra[:2])} \\
                         -e '{extra[3]}'   (changes nothing)
   deploy v2 of shop:  .venv/bin/ansible-playbook playbooks/deploy.yml -i inventories/local {" ".join(extra[:2])} \\
                         -e app=shop -e app_version=v2
@@ -113,26 +123,44 @@ The demo host {HOST} is provisioned: nginx serves two apps over HTTPS with certi
   tear it down:       scripts/demo.py down   (removes the host, its volumes and network)
   faster runs:        put ANSIBLE_STRATEGY=mitogen_linear before a command (Mitogen, docs/performance.md)
 """)
+    if monitoring:
+        print(f"""The monitoring host {MONITOR} scrapes both hosts and probes https://shop.localhost/healthz and
+https://blog.localhost/healthz from outside; alerts go to stand-ins for the team's chat and mail on it.
+  alerts now:         docker exec {MONITOR} amtool alert query --alertmanager.url=http://127.0.0.1:9093
+  make one:           docker exec {HOST} sh -c 'docker stop $(docker ps -q --filter name=shop-web)'
+                        (BerthSiteDown in about 30 s; docker start the same containers to resolve it)
+  what chat got:      docker exec {MONITOR} tail -n 3 /var/lib/berth-test-sinks/webhook.jsonl
+  what mail got:      docker exec {MONITOR} tail -n 3 /var/lib/berth-test-sinks/mail.jsonl
+  Prometheus' pages:  ssh -i .cache/demo/admin_ed25519 -N -L 9090:127.0.0.1:9090 -L 9093:127.0.0.1:9093 \\
+                        berth@$(docker inspect -f \\
+                        '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' {MONITOR})
+                      then http://127.0.0.1:9090/alerts and http://127.0.0.1:9093
+""")
 
 
 def down() -> None:
     run([sys.executable, str(ROOT / "scripts" / "setup.py")])
-    playbook("molecule/shared/destroy.yml", "-e", json.dumps(PLATFORMS))
+    playbook("molecule/shared/destroy.yml", "-e", json.dumps(platforms(monitoring=True)))
     shutil.rmtree(ROOT / ".cache" / "facts", ignore_errors=True)
     shutil.rmtree(DEMO, ignore_errors=True)
     log("demo host removed")
 
 
 def status() -> None:
-    state = output(["docker", "inspect", "-f", "{{.State.Status}}", HOST]) or "absent"
-    print(f"{HOST}: {state}")
+    for name in (HOST, MONITOR):
+        state = output(["docker", "inspect", "-f", "{{.State.Status}}", name]) or "absent"
+        print(f"{name}: {state}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down", "status"])
-    action = parser.parse_args().action
-    {"up": up, "down": down, "status": status}[action]()
+    parser.add_argument("--monitoring", action="store_true", help="up: a monitoring host too")
+    args = parser.parse_args()
+    if args.action == "up":
+        up(args.monitoring)
+    else:
+        {"down": down, "status": status}[args.action]()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "fixtures" / "bad-settings.yml"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
-LAYERS = ("base", "harden", "docker", "stack", "edge", "backup", "monitoring")
+LAYERS = ("base", "harden", "docker", "stack", "edge", "backup", "metrics", "monitoring")
 _RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)\s"
 )

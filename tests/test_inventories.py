@@ -31,9 +31,10 @@ from conftest import ROOT
 
 BIN = ROOT / ".venv" / "bin"
 ENVIRONMENTS = {
-    # environment: (the app host, its address, the first domain of its first app)
-    "production": ("app1.example.com", "203.0.113.10", "shop.example.com"),
-    "staging": ("app1.staging.example.com", "203.0.113.20", "shop.staging.example.com"),
+    # environment: (the app host, its address, the first domain of its first app, the monitoring host, its address)
+    "production": ("app1.example.com", "203.0.113.10", "shop.example.com", "prometheus.example.com", "198.51.100.20"),
+    "staging": ("app1.staging.example.com", "203.0.113.20", "shop.staging.example.com",
+                "prometheus.staging.example.com", "198.51.100.21"),
 }
 HCLOUD = ROOT / "inventories" / "hcloud" / "hcloud.yml"
 DIGITALOCEAN = ROOT / "inventories" / "digitalocean" / "digitalocean.yml"
@@ -111,17 +112,15 @@ def static(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
 def test_static_inventory_groups(static: tuple[str, dict[str, Any]]) -> None:
     name, inventory = static
     host = ENVIRONMENTS[name][0]
-    assert {"berth", "monitoring"} <= members(inventory, "all", "children")
-    assert members(inventory, "berth", "children") == {"app"}
     assert members(inventory, "app") == {host}
-    assert members(inventory, "monitoring") == {"prometheus.example.com"}
-    # The Prometheus server is not a berth host: no playbook runs on it.
-    assert "monitoring" not in members(inventory, "berth", "children")
+    assert members(inventory, "monitoring") == {ENVIRONMENTS[name][3]}
+    # berth runs the monitoring host (site.yml's monitoring layer, on monitoring:&berth)
+    assert members(inventory, "berth", "children") == {"app", "monitoring"}
 
 
 def test_static_inventory_variables(static: tuple[str, dict[str, Any]]) -> None:
     name, inventory = static
-    host, address, domain = ENVIRONMENTS[name]
+    host, address, domain, monitor_host, monitor_address = ENVIRONMENTS[name]
     hostvars = inventory["_meta"]["hostvars"]
     app = hostvars[host]
     assert app["ansible_host"] == address
@@ -133,7 +132,12 @@ def test_static_inventory_variables(static: tuple[str, dict[str, Any]]) -> None:
     assert shop["workers"][0]["name"] == "default" and shop["jobs"][0]["name"] == "nightly-report"
     assert (blog["name"], blog["redis"]) == ("blog", False)
     assert app["hardening_firewall_source_rules"][0]["port"] == 9100
-    assert hostvars["prometheus.example.com"] == {"ansible_host": "198.51.100.20"}
+    monitor = hostvars[monitor_host]
+    assert monitor["ansible_host"] == monitor_address
+    # a berth host: the same settings as the app host, the receivers of its alerts among them
+    assert {k: v for k, v in monitor.items() if k != "ansible_host"} == {
+        k: v for k, v in app.items() if k != "ansible_host"}
+    assert [r["type"] for r in monitor["monitoring_alert_receivers"]] == ["email", "slack"]
 
 
 @pytest.mark.parametrize("name", list(ENVIRONMENTS))
@@ -273,7 +277,8 @@ def test_templated_settings_resolve(name: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rules = json.loads(proc.stdout.split("=>", 1)[1])["hardening_firewall_source_rules"]
     assert rules == [
-        {"port": 9100, "proto": "tcp", "sources": ["198.51.100.20"], "comment": "Prometheus scrapes node_exporter"}
+        {"port": 9100, "proto": "tcp", "sources": [ENVIRONMENTS[name][4]],
+         "comment": "Prometheus scrapes node_exporter"}
     ]
     spec = {"hardening_firewall_source_rules": role_specs()["hardening"]["hardening_firewall_source_rules"]}
     assert ArgumentSpecValidator(spec).validate({"hardening_firewall_source_rules": rules}).error_messages == []

@@ -68,7 +68,8 @@ def test_a_host_with_tls_and_basic_auth_on_a_wildcard_address() -> None:
     assert job == {
         "job_name": "node_app1.example.com",
         "scheme": "https",
-        "static_configs": [{"targets": ["203.0.113.10:9100"], "labels": {"instance": "app1.example.com"}}],
+        "static_configs": [{"targets": ["203.0.113.10:9100"], "labels": {"instance": "app1.example.com",
+                                                                                "host": "app1.example.com"}}],
         # berth's rules select job="node"
         "relabel_configs": [{"target_label": "job", "replacement": "node"}],
         # the certificate is checked, against the host's inventory name; never insecure_skip_verify
@@ -100,7 +101,7 @@ def test_ssh_and_https_probes_go_through_blackbox() -> None:
                                                 "127.0.0.1:9115", probe_urls=["https://shop.example.com/"])
     ssh, https = jobs[-2:]
     assert ssh["params"] == {"module": ["ssh_banner"]} and ssh["metrics_path"] == "/probe"
-    assert ssh["static_configs"] == [{"targets": ["web1:22"], "labels": {"instance": "web1"}}]
+    assert ssh["static_configs"] == [{"targets": ["web1:22"], "labels": {"instance": "web1", "host": "web1"}}]
     assert {"target_label": "__address__", "replacement": "127.0.0.1:9115"} in ssh["relabel_configs"]
     assert https["params"] == {"module": ["https_2xx"]}
     assert https["static_configs"] == [{"targets": ["https://shop.example.com/"]}]
@@ -108,6 +109,33 @@ def test_ssh_and_https_probes_go_through_blackbox() -> None:
     no_probes = monitoring.monitoring_scrape_configs(targets(hostvars), "127.0.0.1:9090", "127.0.0.1:9093",
                                                      "127.0.0.1:9115", probe_ssh=False)
     assert [job["job_name"] for job in no_probes] == ["node_web1", "prometheus", "alertmanager", "blackbox"]
+
+
+def test_the_apps_are_probed_at_their_health_path_labelled_with_the_host_that_alone_serves_them() -> None:
+    plan = [
+        {"name": "shop", "domains": ["shop.example.com", "www.shop.example.com"], "web": {"health_path": "/healthz"}},
+        {"name": "worker-only", "domains": [], "web": {"health_path": "/healthz"}},
+        {"name": "blog", "domains": ["blog.example.com"], "web": {"health_path": "/"}},
+    ]
+    probes = monitoring.monitoring_app_probes(plan, ["app1"])
+    assert probes == [
+        {"url": "https://shop.example.com/healthz", "labels": {"app": "shop", "host": "app1"}},
+        {"url": "https://blog.example.com/", "labels": {"app": "blog", "host": "app1"}},
+    ]
+    # several app hosts, or one behind a load balancer: one host down does not take the site down
+    for hosts, behind in ((["app1", "app2"], False), (["app1"], True)):
+        assert [p["labels"] for p in monitoring.monitoring_app_probes(plan, hosts, behind)] == [
+            {"app": "shop"}, {"app": "blog"}]
+    assert monitoring.monitoring_app_probes([], ["app1"]) == []
+    jobs = monitoring.monitoring_scrape_configs(
+        [], "127.0.0.1:9090", "127.0.0.1:9093", "127.0.0.1:9115", app_probes=probes,
+        probe_urls=["https://shop.example.com/healthz", "https://status.example.com/"])
+    # an extra URL that is an app's probe already is probed once
+    assert jobs[-1]["static_configs"] == [
+        {"targets": ["https://shop.example.com/healthz"], "labels": {"app": "shop", "host": "app1"}},
+        {"targets": ["https://blog.example.com/"], "labels": {"app": "blog", "host": "app1"}},
+        {"targets": ["https://status.example.com/"]},
+    ]
 
 
 def test_target_problems() -> None:
@@ -143,9 +171,9 @@ def test_receivers_become_one_receiver_with_every_channel() -> None:
     assert berth["webhook_configs"] == [{"url": "https://hooks.example.com/berth", "send_resolved": True}]
     assert berth["slack_configs"] == [{"api_url": "https://chat.example.com/hooks/xyz", "send_resolved": True,
                                        "channel": "#ops"}]
-    # a host down silences the other alerts of the same instance
+    # a host down silences the other alerts of the same host
     assert config["inhibit_rules"] == [{"source_matchers": ['alertname="BerthHostDown"'],
-                                        "target_matchers": ['alertname!="BerthHostDown"'], "equal": ["instance"]}]
+                                        "target_matchers": ['alertname!="BerthHostDown"'], "equal": ["host"]}]
 
 
 def test_only_the_configured_channels_appear() -> None:

@@ -41,7 +41,7 @@ def test_the_cases_cover_every_layer() -> None:
     cases = bad_settings.load_cases()
     assert {case.layer for case in cases} == set(bad_settings.LAYERS)
     assert len(INPUT_CASES) >= 20
-    assert {case.layer for case in cases if case.host} == set(bad_settings.LAYERS) - {"edge"}
+    assert {case.layer for case in cases if case.host} == set(bad_settings.LAYERS) - {"edge", "monitoring"}
 
 
 def test_the_filled_example_passes_every_check_of_the_settings(filled: tuple[Path, Path]) -> None:
@@ -65,7 +65,8 @@ def test_no_secret_is_printed(outcomes: dict[str, Outcome]) -> None:
         assert secret not in printed
 
 
-@pytest.mark.parametrize("playbook", ["playbooks/base.yml", "playbooks/edge.yml", "playbooks/monitoring.yml"])
+@pytest.mark.parametrize("playbook", ["playbooks/base.yml", "playbooks/edge.yml", "playbooks/metrics.yml",
+                                      "playbooks/monitoring.yml"])
 def test_a_layer_playbook_checks_every_layer(filled: tuple[Path, Path], playbook: str) -> None:
     # A layer alone still refuses a bad setting of another layer: the inventory is checked as a whole.
     case = Case("backup", {"backup_password": ""}, "backup_password is empty")

@@ -1,9 +1,11 @@
-"""Prometheus' and Alertmanager's HTTP APIs as the scenarios' tests ask them (node_exporter, monitoring):
-from the host that runs them, on its loopback, with curl, through testinfra.
+"""Prometheus' and Alertmanager's HTTP APIs as the scenarios' tests ask them (node_exporter, monitoring,
+site): from the host that runs them, on its loopback, with curl, through testinfra; and what the alert
+sinks (alert-sinks.yml) received.
 """
 
 from __future__ import annotations
 
+import email
 import json
 import os
 import time
@@ -12,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import testinfra
+
+SINKS = "/var/lib/berth-test-sinks"
 
 
 def get_host(name: str) -> testinfra.host.Host:
@@ -42,3 +46,38 @@ def wait_for(check: Callable[[], Any], seconds: float = 60, what: str = "", inte
             return result
         assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
         time.sleep(interval)
+
+
+def records(server: testinfra.host.Host, name: str) -> list[dict[str, Any]]:
+    """What a sink of alert-sinks.yml received (name: webhook or mail; one JSON record a line, each with
+    the time it arrived: "received")."""
+    text = server.run(f"cat {SINKS}/{name}.jsonl").stdout
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def notified(server: testinfra.host.Host, alertname: str, status: str, since: float,
+             **labels: str) -> Callable[[], dict | None]:
+    """A check for wait_for: the first webhook record after `since` holding `alertname` in `status`
+    (firing, resolved) with the given labels."""
+    def check() -> dict | None:
+        for record in records(server, "webhook"):
+            if record["received"] > since and any(
+                alert["labels"].get("alertname") == alertname and alert["status"] == status
+                and all(alert["labels"].get(key) == value for key, value in labels.items())
+                for alert in record["body"]["alerts"]
+            ):
+                return record
+        return None
+    return check
+
+
+def mailed(server: testinfra.host.Host, word: str, alertname: str, since: float) -> Callable[[], float | None]:
+    """A check for wait_for: when the first mail after `since` whose subject says [FIRING…] or
+    [RESOLVED] and names `alertname` arrived."""
+    def check() -> float | None:
+        for record in records(server, "mail"):
+            subject = email.message_from_string(record["message"])["Subject"] or ""
+            if record["received"] > since and subject.startswith(f"[{word}") and alertname in subject:
+                return float(record["received"])
+        return None
+    return check

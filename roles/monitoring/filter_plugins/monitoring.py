@@ -161,6 +161,23 @@ def _blackbox_relabel(blackbox: str) -> list[dict]:
     ]
 
 
+def monitoring_app_probes(plan: Any, app_hosts: Any, behind_load_balancer: bool = False) -> list[dict]:
+    """The HTTPS probes of the apps (berth_apps_plan): each app with a domain is probed at its health path
+    on its first domain, https://<domain><web.health_path>, labelled app=<name>. When one app host serves
+    the apps directly (not behind a load balancer: nginx_load_balancers empty), the probe is labelled
+    host=<that host> too, so that the host being down silences the site's alert (the inhibition of
+    monitoring_alertmanager_config); behind a load balancer one host down does not take the site down."""
+    hosts = list(app_hosts or [])
+    host = hosts[0] if len(hosts) == 1 and not behind_load_balancer else ""
+    probes = []
+    for app in plan or []:
+        if not app.get("domains"):
+            continue
+        labels = {"app": app["name"], **({"host": host} if host else {})}
+        probes.append({"url": f"https://{app['domains'][0]}{app['web']['health_path']}", "labels": labels})
+    return probes
+
+
 def monitoring_scrape_configs(
     targets: list[dict],
     prometheus: str,
@@ -169,19 +186,22 @@ def monitoring_scrape_configs(
     ca_file: str = "",
     probe_urls: list[str] | None = None,
     probe_ssh: bool = True,
+    app_probes: list[dict] | None = None,
 ) -> list[dict]:
     """Prometheus' scrape_configs: one job per berth host's node_exporter (each with its own TLS name
-    and credentials; all labelled job="node", as berth's alert rules expect, and instance=<inventory
-    name>), Prometheus, Alertmanager and blackbox_exporter themselves, and the blackbox probes (each
-    host's SSH, labelled with its inventory name, and each URL of probe_urls).
+    and credentials; all labelled job="node", as berth's alert rules expect, instance=<inventory name>
+    and host=<inventory name>), Prometheus, Alertmanager and blackbox_exporter themselves, and the
+    blackbox probes: each host's SSH (instance and host: its inventory name), the apps' URLs
+    (app_probes, from monitoring_app_probes) and each URL of probe_urls (instance: the URL).
 
     prometheus, alertmanager and blackbox are listen addresses (a wildcard is reached on loopback)."""
     configs: list[dict] = []
     for target in targets:
+        labels = {"instance": target["name"], "host": target["name"]}
         job: dict[str, Any] = {
             "job_name": f"node_{target['name']}",
             "scheme": "https" if target["tls"] else "http",
-            "static_configs": [{"targets": [target["address"]], "labels": {"instance": target["name"]}}],
+            "static_configs": [{"targets": [target["address"]], "labels": labels}],
             "relabel_configs": [{"target_label": "job", "replacement": "node"}],
         }
         if target["tls"]:
@@ -205,18 +225,21 @@ def monitoring_scrape_configs(
                 "metrics_path": "/probe",
                 "params": {"module": ["ssh_banner"]},
                 "static_configs": [
-                    {"targets": [target["ssh"]], "labels": {"instance": target["name"]}} for target in targets
+                    {"targets": [target["ssh"]], "labels": {"instance": target["name"], "host": target["name"]}}
+                    for target in targets
                 ],
                 "relabel_configs": _blackbox_relabel(blackbox_address),
             }
         )
-    if probe_urls:
+    https = [{"targets": [probe["url"]], "labels": dict(probe["labels"])} for probe in app_probes or []]
+    https += [{"targets": [url]} for url in probe_urls or [] if url not in {p["url"] for p in app_probes or []}]
+    if https:
         configs.append(
             {
                 "job_name": "blackbox_https",
                 "metrics_path": "/probe",
                 "params": {"module": ["https_2xx"]},
-                "static_configs": [{"targets": list(probe_urls)}],
+                "static_configs": https,
                 "relabel_configs": [
                     {"source_labels": ["__address__"], "target_label": "__param_target"},
                     {"source_labels": ["__param_target"], "target_label": "instance"},
@@ -271,7 +294,8 @@ def monitoring_alertmanager_config(
 ) -> dict:
     """Alertmanager's configuration: one route to one receiver holding every configured channel, grouped
     by alertname and instance, resolved notifications on, and a host down silencing that host's other
-    alerts."""
+    alerts: every alert with the same `host` label (its node_exporter's and SSH probe's, and the probes of
+    the sites it alone serves; monitoring_scrape_configs sets the label)."""
     channels: dict[str, list[dict]] = {"email_configs": [], "webhook_configs": [], "slack_configs": []}
     for receiver in receivers:
         kind = receiver["type"]
@@ -308,7 +332,7 @@ def monitoring_alertmanager_config(
             {
                 "source_matchers": [f'alertname="{HOST_DOWN_ALERT}"'],
                 "target_matchers": [f'alertname!="{HOST_DOWN_ALERT}"'],
-                "equal": ["instance"],
+                "equal": ["host"],
             }
         ],
     }
@@ -353,6 +377,7 @@ class FilterModule:
             "monitoring_node_targets": monitoring_node_targets,
             "monitoring_target_problems": monitoring_target_problems,
             "monitoring_scrape_configs": monitoring_scrape_configs,
+            "monitoring_app_probes": monitoring_app_probes,
             "monitoring_receiver_problems": monitoring_receiver_problems,
             "monitoring_alertmanager_config": monitoring_alertmanager_config,
             "monitoring_alert_names": monitoring_alert_names,
