@@ -247,3 +247,16 @@ def test_the_role_ships_its_rule_file_and_the_template_uses_the_filters() -> Non
     template = (ROOT / "roles" / "monitoring" / "templates" / "etc" / "prometheus" / "prometheus.yml.j2").read_text()
     assert "__monitoring_scrape_configs" in template
     assert Path(monitoring.__file__).name == "monitoring.py"
+
+
+@pytest.mark.parametrize(
+    ("address", "server"),
+    [
+        ("127.0.0.1:3000", {"http_addr": "127.0.0.1", "http_port": 3000}),
+        ("10.0.0.5:3001", {"http_addr": "10.0.0.5", "http_port": 3001}),
+        ("[::1]:3000", {"http_addr": "::1", "http_port": 3000}),
+        ("0.0.0.0:3000", {"http_addr": "0.0.0.0", "http_port": 3000}),
+    ],
+)
+def test_grafana_server_settings(address: str, server: dict) -> None:
+    assert monitoring.monitoring_grafana_server(address) == server

@@ -83,6 +83,12 @@ def _connect_address(listen_address: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def monitoring_grafana_server(listen_address: str) -> dict[str, Any]:
+    """grafana.ini's [server] http_addr and http_port of an IP:port or [IPv6]:port listen address."""
+    host, port = _split_address(listen_address)
+    return {"http_addr": host, "http_port": port}
+
+
 def _host_settings(hostvars: Any, name: str) -> dict[str, Any]:
     values = hostvars[name]
     found = {key: values.get(key, default) for key, default in NODE_EXPORTER_DEFAULTS.items()}
@@ -383,4 +389,5 @@ class FilterModule:
             "monitoring_alert_names": monitoring_alert_names,
             "monitoring_rules_with_for": monitoring_rules_with_for,
             "monitoring_connect_address": _connect_address,
+            "monitoring_grafana_server": monitoring_grafana_server,
         }
