@@ -2,7 +2,7 @@
 probes each app from outside, and brings a site going down, a failed backup and their resolutions to the
 team's (stand-in) chat and mail (molecule/shared/alert-sinks.yml). The file runs after test_site.py:
 its faults are repaired before it ends. The times from fault to notification are printed and written to
-the scenario's time-to-alert.txt (figures, not assertions)."""
+the scenario's monitoring-figures.txt (figures, not assertions)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from dashboards import check_command, expected_counts, install_command
 from prometheus_api import api, get_host, mailed, notified, query, wait_for
 
 HOST, MONITOR = "berth-site-trixie", "berth-site-probe"
 APP_HOST, MONITOR_HOST = "app1.example.com", "prometheus.example.com"
 PROBES = {"shop": "https://shop.test/healthz", "blog": "https://blog.test/healthz"}
-FIGURES = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "time-to-alert.txt"
+FIGURES = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "monitoring-figures.txt"
 
 testinfra_hosts = [MONITOR]
 
@@ -109,6 +110,22 @@ def test_a_failed_backup_reaches_chat_and_mail_then_the_next_good_one_resolves_i
     figure(capsys, f"time to alert (BerthBackupFailed, no for): webhook {fired['received'] - fault:.1f} s, "
                    f"mail {fired_mail - fault:.1f} s after the failed run started; resolved: webhook "
                    f"{resolved['received'] - repair:.1f} s after the good run started")
+
+
+def test_every_panel_of_every_dashboard_finds_series(host, capsys):
+    """The Grafana dashboards (host, site, operations) against this Prometheus, which scrapes a whole app
+    host: every panel's query returns series. The operations dashboard's restore-test panel needs a
+    restore test: the daily one is started now, as its timer would."""
+    get_host(HOST).check_output("systemctl start berth-backup-verify.service")
+    names = ["berth-host.json", "berth-site.json", "berth-operations.json"]
+    command = check_command(names)
+    last = host.run(f"{install_command(names)} && {command}")
+    result = last if last.rc == 0 else wait_for(lambda: (r := host.run(command)).rc == 0 and r, 60,
+                                                f"every panel finds series:\n{last.stdout}{last.stderr}")
+    panels, queries = expected_counts(names)
+    assert result.stdout.splitlines()[-1] == (f"3 dashboards, {panels} panels, {queries} queries, 0 failed "
+                                              "(evaluated against http://127.0.0.1:9090)"), result.stdout
+    figure(capsys, f"dashboards evaluated against the whole site's Prometheus: {result.stdout.splitlines()[-1]}")
 
 
 def test_the_monitoring_services_are_closed_to_the_network(host):
