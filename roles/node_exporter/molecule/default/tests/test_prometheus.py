@@ -174,7 +174,7 @@ def test_a_pending_reboot_reaches_prometheus_and_its_alert(prometheus, targets):
 
 def test_alert_rules_pass_promtool(prometheus):
     checked = prometheus.run(f"promtool check rules {ALERTS}/berth-alerts.yml")
-    assert checked.rc == 0 and "SUCCESS: 19 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.rc == 0 and "SUCCESS: 24 rules found" in checked.stdout, checked.stdout + checked.stderr
     tested = prometheus.run(f"cd {ALERTS} && promtool test rules berth-alerts.test.yml")
     assert tested.rc == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
 
@@ -189,6 +189,7 @@ def test_the_live_prometheus_evaluates_the_rules_on_scraped_data(prometheus, tar
         "berth-jobs",
         "berth-updates",
         "berth-nginx",
+        "berth-databases",
     }
 
     expected = {}
