@@ -44,6 +44,23 @@ SPOILT = {
     "Redis on PostgreSQL's port": {
         "berth_apps": [*APPS, {"name": "news", "image": "r.example.com/n:1", "data": "host",
                                "web": {"host_port": 5432}}]},
+    # The exporters: their listen addresses, and basic auth (the node_exporter role's) off loopback without TLS.
+    "valid exporters on the private address with TLS": {
+        "db_host_postgres_exporter_listen_address": "10.0.0.20:9187",
+        "db_host_redis_exporter_listen_address": "[fd00::20]:9121",
+        "node_exporter_tls_cert": "-----BEGIN CERTIFICATE-----",
+        "node_exporter_basic_auth_users": {"prometheus": "0123456789abcdef0123"},
+    },
+    "valid basic auth on loopback without TLS": {
+        "node_exporter_basic_auth_users": {"prometheus": "0123456789abcdef0123"},
+    },
+    "PostgreSQL exporter address by name": {"db_host_postgres_exporter_listen_address": "localhost:9187"},
+    "Redis exporter address without a port": {"db_host_redis_exporter_listen_address": "127.0.0.1"},
+    "exporters on one port": {"db_host_redis_exporter_listen_address": "127.0.0.1:9187"},
+    "basic auth off loopback without TLS": {
+        "db_host_redis_exporter_listen_address": "10.0.0.20:9121",
+        "node_exporter_basic_auth_users": {"prometheus": "0123456789abcdef0123"},
+    },
 }
 SAYS = {
     "listen address a network": 'db_host_listen_address must be an IP address of this host (no network, no host '
@@ -59,6 +76,12 @@ SAYS = {
     "app named postgres": "PostgreSQL keeps these names for itself: postgres.",
     "app named like PostgreSQL's own roles": "PostgreSQL keeps these names for itself: pg_monitor.",
     "Redis on PostgreSQL's port": "may not be PostgreSQL's 5432: set another web.host_port for news",
+    "PostgreSQL exporter address by name": "db_host_postgres_exporter_listen_address must be IPv4:port or [IPv6]:port"
+                                           ' with a port 1-65535, e.g. 127.0.0.1:9187 or 10.0.0.20:9187 (no host'
+                                           ' names); got "localhost:9187".',
+    "Redis exporter address without a port": 'db_host_redis_exporter_listen_address must be IPv4:port or [IPv6]:port',
+    "exporters on one port": "db_host_postgres_exporter_listen_address and db_host_redis_exporter_listen_address need",
+    "basic auth off loopback without TLS": "node_exporter_basic_auth_users (also the database exporters') needs TLS",
 }
 
 

@@ -40,6 +40,26 @@ SPOILT: dict[str, dict] = {
     "drain file is a directory": {"nginx_drain_file": "/var/lib/berth/"},
     "drain file with a brace": {"nginx_drain_file": "/var/lib/berth/d}"},
     "drain without nginx_drain": {"entry_point": "drain"},
+    # The nginx exporter: its listen address, the stub_status port, and basic auth (the node_exporter
+    # role's settings) off loopback without TLS.
+    "valid exporter addresses": {"nginx_exporter_listen_address": "[fd00::5]:9113", "nginx_stub_status_port": 8181},
+    "valid exporter on every interface": {"nginx_exporter_listen_address": "0.0.0.0:9113"},
+    "valid basic auth on loopback without TLS": {
+        "node_exporter_basic_auth_users": {"prometheus": "0123456789abcdef0123"},
+    },
+    "exporter address without a port": {"nginx_exporter_listen_address": "127.0.0.1"},
+    "exporter address by host name": {"nginx_exporter_listen_address": "localhost:9113"},
+    "exporter address with a bad octet": {"nginx_exporter_listen_address": "10.0.0.256:9113"},
+    "exporter port too high": {"nginx_exporter_listen_address": "127.0.0.1:70000"},
+    "exporter IPv6 without brackets": {"nginx_exporter_listen_address": "fd00::5:9113"},
+    "stub_status on an app's port": {"nginx_stub_status_port": 8100, "berth_apps": [
+        {**APPS[0], "web": {"host_port": 8100}}]},
+    "stub_status on 443": {"nginx_stub_status_port": 443},
+    "exporter and stub_status on one port": {"nginx_stub_status_port": 9113},
+    "basic auth off loopback without TLS": {
+        "nginx_exporter_listen_address": "10.0.0.5:9113",
+        "node_exporter_basic_auth_users": {"prometheus": "0123456789abcdef0123"},
+    },
 }
 
 
@@ -56,6 +76,14 @@ def test_valid_input_passes(outcomes: dict[str, dict], case: str) -> None:
 
 LB_RULE = "nginx_load_balancers must hold the IP addresses or networks (CIDR, no host names)"
 HEALTH_RULE = "nginx_lb_health_path must be a URL path other than / of letters, digits and . _ ~ / -"
+LISTEN_RULE = (
+    "nginx_exporter_listen_address must be IPv4:port or [IPv6]:port with a port 1-65535, e.g. 127.0.0.1:9113,"
+    " 10.0.0.5:9113 or [fd00::5]:9113"
+)
+STUB_RULE = (
+    "nginx_stub_status_port must be a port 1-65535 that neither nginx's sites (80, 443) nor an app's colours"
+    " (on 127.0.0.1) use"
+)
 DRAIN_RULE = (
     "nginx_drain_file must be an absolute file path of letters, digits and . _ / -, e.g. /var/lib/berth/draining"
 )
@@ -84,6 +112,15 @@ DRAIN_RULE = (
         ("drain file is a directory", DRAIN_RULE),
         ("drain file with a brace", DRAIN_RULE),
         ("drain without nginx_drain", "missing required arguments: nginx_drain"),
+        ("exporter address without a port", f'{LISTEN_RULE} (no host names); got "127.0.0.1".'),
+        ("exporter address by host name", 'got "localhost:9113".'),
+        ("exporter address with a bad octet", LISTEN_RULE),
+        ("exporter port too high", LISTEN_RULE),
+        ("exporter IPv6 without brackets", LISTEN_RULE),
+        ("stub_status on an app's port", f"{STUB_RULE}, e.g. 8080; got 8100."),
+        ("stub_status on 443", STUB_RULE),
+        ("exporter and stub_status on one port", "nginx_exporter_listen_address and nginx_stub_status_port need two"),
+        ("basic auth off loopback without TLS", "node_exporter_basic_auth_users (also the nginx exporter's) needs TLS"),
     ],
 )
 def test_bad_input_fails_with_a_clear_message(outcomes: dict[str, dict], case: str, says: str) -> None:

@@ -139,3 +139,35 @@ def test_ports_and_ranges_are_taken(value: object) -> None:
                                    "-1", 9100.0])
 def test_other_ports_are_refused(value: object) -> None:
     assert not port_range.port(value)
+
+
+_listen_spec = importlib.util.spec_from_file_location("listen_address", ROOT / "plugins" / "test" / "listen_address.py")
+assert _listen_spec and _listen_spec.loader
+listen_address = importlib.util.module_from_spec(_listen_spec)
+_listen_spec.loader.exec_module(listen_address)
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:9187", "0.0.0.0:9121", "10.0.0.20:1", "[::1]:9187", "[fd00::5]:65535"])
+def test_listen_addresses_pass(value: str) -> None:
+    assert listen_address.listen_address(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "127.0.0.1",
+        "localhost:9187",
+        "10.0.0.256:9187",
+        "127.0.0.1:0",
+        "127.0.0.1:70000",
+        "fd00::5:9187",
+        "[fd00::5%eth0]:9187",
+        "10.0.0.0/8:9187",
+        " 127.0.0.1:9187",
+        "",
+        None,
+        9187,
+    ],
+)
+def test_malformed_listen_addresses_fail(value: object) -> None:
+    assert not listen_address.listen_address(value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -231,3 +232,105 @@ def test_debians_default_redis_is_off(host):
     assert not host.service("redis-server").is_enabled
     assert not host.service("redis-server").is_running
     assert host.run("ss -Htln 'sport = :6379'").stdout.strip() == ""
+
+
+# --- The exporters (molecule.yml: on the db host's network address, TLS from a test CA, basic auth) -------
+
+EXPORTER_CA = "/etc/ssl/berth-exporter-test-ca.pem"
+SCRAPE = "prometheus:berth-test-scrape-password"
+# The Redis exporter takes one basic auth user: the first of node_exporter_basic_auth_users by name.
+REDIS_SCRAPE = "ops:berth-test-second-password"
+MONITOR = "berth-monitor"
+
+
+def scrape(host, address: str, port: int, path: str = "/metrics", credentials: str | None = SCRAPE):
+    """HTTP status and body of a scrape from the db host, as Prometheus would do it (TLS, basic auth)."""
+    name = host.backend.get_hostname()
+    auth = f"-u {credentials}" if credentials else ""
+    out = host.run(
+        f"curl -sS --max-time 30 -w '\\n%{{http_code}}' --cacert {EXPORTER_CA} --resolve {name}:{port}:{address}"
+        f" {auth} 'https://{name}:{port}{path}'"
+    )
+    assert out.rc == 0, out.stderr
+    body, _, status = out.stdout.rpartition("\n")
+    return status, body
+
+
+def values(body: str, name: str) -> list[float]:
+    return [float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", body, re.M)]
+
+
+def test_exporters_listen_where_configured_as_prometheus(host, address):
+    for service, port in (("prometheus-postgres-exporter", 9187), ("prometheus-redis-exporter", 9121)):
+        assert host.service(service).is_running and host.service(service).is_enabled
+        assert host.check_output(f"systemctl show -p User --value {service}") == "prometheus"
+        listening = host.check_output(f"ss -Htln 'sport = :{port}' | awk '{{print $4}}'").split()
+        assert listening == [f"{address}:{port}"], service
+
+
+def test_postgres_exporter_reads_postgresql_with_tls_and_basic_auth(host, address):
+    status, body = scrape(host, address, 9187)
+    assert status == "200", body[-500:]
+    assert values(body, "pg_up") == [1]
+    assert values(body, "pg_settings_max_connections") == [100]
+    assert sum(values(body, "pg_stat_database_numbackends")) >= 1
+    assert scrape(host, address, 9187, credentials="prometheus:wrong-password")[0] == "401"
+    assert scrape(host, address, 9187, credentials=None)[0] == "401"
+    config = host.file("/etc/prometheus-postgres-exporter/web-config.yml")
+    assert (config.user, config.group, config.mode) == ("root", "prometheus", 0o640)
+    assert "berth-test-scrape-password" not in config.content_string
+
+
+def test_postgres_monitor_role_has_pg_monitor_only_and_reads_no_app_table(host):
+    flags = "select rolsuper, rolcreaterole, rolcreatedb from pg_roles where rolname = 'prometheus'"
+    assert superuser(host, flags) == "f|f|f"
+    member_of = (
+        "select string_agg(g.rolname, ',') from pg_auth_members m join pg_roles g on g.oid = m.roleid"
+        " join pg_roles r on r.oid = m.member where r.rolname = 'prometheus'"
+    )
+    assert superuser(host, member_of) == "pg_monitor"
+    # An app's table: the monitor role is not even let into the app's database ...
+    host.check_output("sudo -u postgres psql -d shop -XAtc 'create table if not exists berth_test_secret (x text)'")
+    out = host.run("sudo -u prometheus psql -d shop -XAtc 'select * from berth_test_secret'")
+    assert out.rc != 0 and "permission denied for database" in out.stderr, out.stderr
+    # ... and a table where it may connect is not readable either.
+    host.check_output("sudo -u postgres psql -d postgres -XAtc 'create table if not exists berth_test_secret (x text)'")
+    out = host.run("sudo -u prometheus psql -d postgres -XAtc 'select * from berth_test_secret'")
+    assert out.rc != 0 and "permission denied for table" in out.stderr, out.stderr
+
+
+def test_redis_exporter_reads_each_instance(host, address, hosted):
+    with_redis = [app for app in hosted.values() if app["redis"]]
+    assert with_redis
+    for app in with_redis:
+        target = f"/scrape?target=redis://127.0.0.1:{app['db_redis_port']}"
+        status, body = scrape(host, address, 9121, target, REDIS_SCRAPE)
+        assert status == "200", body[-500:]
+        assert values(body, "redis_up") == [1], app["name"]
+        assert values(body, "redis_memory_max_bytes") == [256 * 1024 * 1024]
+        assert values(body, "redis_memory_used_bytes")[0] > 0
+        assert values(body, "redis_exporter_last_scrape_error") == [0]
+    # No instance of its own on /metrics (Debian's default one is off).
+    status, body = scrape(host, address, 9121, credentials=REDIS_SCRAPE)
+    assert status == "200" and values(body, "redis_up") == []
+    assert scrape(host, address, 9121, credentials="ops:wrong-password")[0] == "401"
+    assert scrape(host, address, 9121, credentials=SCRAPE)[0] == "401"
+    assert scrape(host, address, 9121, credentials=None)[0] == "401"
+
+
+def test_redis_monitor_user_reads_info_but_no_key_and_no_config(host, passwords, plan):
+    port = plan["shop"]["db_redis_port"]
+    secret = host.file("/etc/berth/db/redis-monitor-password")
+    assert (secret.user, secret.group, secret.mode) == ("root", "root", 0o600)
+    monitor = secret.content_string
+    settings = host.file("/etc/default/prometheus-redis-exporter")
+    assert (settings.user, settings.group, settings.mode) == ("root", "prometheus", 0o640)
+    # Only its hash is in the instance's configuration.
+    assert monitor not in host.file("/etc/redis/redis-shop.conf").content_string
+    app = f"REDISCLI_AUTH={shlex.quote(passwords[('shop', 'redis')])} redis-cli --no-auth-warning -p {port}"
+    assert host.check_output(f"{app} set berth-test-key secret") == "OK"
+    as_monitor = f"REDISCLI_AUTH={shlex.quote(monitor)} redis-cli --no-auth-warning --user {MONITOR} -p {port}"
+    assert "maxmemory:" in host.check_output(f"{as_monitor} info memory")
+    for command in ("get berth-test-key", "config get requirepass", "keys berth-test-key", "set other x"):
+        out = host.run(f"{as_monitor} {command}")
+        assert "NOPERM" in out.stdout + out.stderr, f"{command}: {out.stdout} {out.stderr}"

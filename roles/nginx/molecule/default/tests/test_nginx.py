@@ -331,6 +331,120 @@ def test_each_app_has_its_live_colour_file_and_no_other(host):
     assert not host.file(str(Path(PLAN["jobs"]["live_colour_file"]).parent)).exists
 
 
+# The nginx exporter (molecule.yml): Debian 13's on the host's network address with TLS (the test CA of
+# prepare.yml) and basic auth, the node_exporter role's settings; Debian 12's (0.11: neither) on its
+# default address, 127.0.0.1:9113, plain HTTP. nginx's stub_status is on 127.0.0.1:8080 on both.
+EXPORTER_CA = "/etc/ssl/berth-exporter-test-ca.pem"
+SCRAPE_USER, SCRAPE_PASSWORD = "prometheus", "berth-test-scrape-password"
+STUB_STATUS = "127.0.0.1:8080"
+
+
+def exporter_has_tls(host) -> bool:
+    return "node_exporter_tls_cert" in HOST_VARS.get(host.backend.get_hostname(), {})
+
+
+def exporter_address(host) -> str:
+    return f"{network_address(host)}:9113" if exporter_has_tls(host) else "127.0.0.1:9113"
+
+
+def scrape(host, credentials: str | None = f"{SCRAPE_USER}:{SCRAPE_PASSWORD}") -> tuple[str, str]:
+    """HTTP status and body of a scrape of the exporter from the host, as Prometheus would do it."""
+    if exporter_has_tls(host):
+        name = host.backend.get_hostname()
+        url = f"https://{name}:9113/metrics"
+        options = f"--cacert {EXPORTER_CA} --resolve {name}:9113:{network_address(host)}"
+        options += f" -u {credentials}" if credentials else ""
+    else:
+        url, options = "http://127.0.0.1:9113/metrics", ""
+    out = host.run(f"curl -sS --max-time 10 -w '\\n%{{http_code}}' {options} {url}")
+    assert out.rc == 0, out.stderr
+    body, _, status = out.stdout.rpartition("\n")
+    return status, body
+
+
+def metric(body: str, name: str) -> float:
+    found = re.findall(rf"^{name} (\S+)$", body, re.M)
+    assert len(found) == 1, f"{name} not exported once: {found}"
+    return float(found[0])
+
+
+def test_stub_status_is_served_on_loopback_to_loopback_only(host):
+    listening = host.check_output("ss -Htln 'sport = :8080' | awk '{print $4}'").split()
+    assert listening == [STUB_STATUS]
+    answer = host.run(f"curl -sS --max-time 5 http://{STUB_STATUS}/stub_status")
+    assert answer.rc == 0 and answer.stdout.startswith("Active connections:"), answer.stdout + answer.stderr
+    # Only 127.0.0.1 may read it: another loopback source address is refused, other paths are not there.
+    other = f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --interface 127.0.0.2 http://{STUB_STATUS}/stub_status"
+    assert host.check_output(other) == "403"
+    assert host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' http://{STUB_STATUS}/") == "404"
+    # Not on the network address at all: nothing listens there (connection refused, curl exit 7).
+    refused = host.run(f"curl -s -o /dev/null --max-time 5 http://{network_address(host)}:8080/stub_status")
+    assert refused.rc == 7, f"expected connection refused, got curl exit {refused.rc}"
+
+
+def test_exporter_listens_only_where_configured(host):
+    service = host.service("prometheus-nginx-exporter")
+    assert service.is_running and service.is_enabled
+    assert host.check_output("systemctl show -p User --value prometheus-nginx-exporter") == "prometheus"
+    listening = host.check_output("ss -Htln 'sport = :9113' | awk '{print $4}'").split()
+    assert listening == [exporter_address(host)]
+    args = host.file("/etc/default/prometheus-nginx-exporter").content_string
+    assert f"--nginx.scrape-uri=http://{STUB_STATUS}/stub_status" in args
+    assert f"--web.listen-address={exporter_address(host)}" in args
+
+
+def test_exporter_reads_nginx(host):
+    status, body = scrape(host)
+    assert status == "200", body
+    assert metric(body, "nginx_up") == 1
+    accepted = metric(body, "nginx_connections_accepted")
+    assert accepted > 0
+    assert metric(body, "nginx_http_requests_total") > 0
+    # The counters are nginx's own, read at each scrape: one more connection to nginx is counted.
+    host.check_output(f"curl -sS -o /dev/null --max-time 5 http://{STUB_STATUS}/stub_status")
+    _, again = scrape(host)
+    assert metric(again, "nginx_connections_accepted") > accepted
+
+
+def test_exporter_web_config_tls_and_basic_auth(host):
+    directory = host.file("/etc/prometheus-nginx-exporter")
+    if not exporter_has_tls(host):
+        # Debian 12's exporter cannot serve TLS or basic auth: none configured, and no copy of the secrets.
+        assert not directory.exists
+        assert "--web.config.file" not in host.file("/etc/default/prometheus-nginx-exporter").content_string
+        return
+    assert (directory.user, directory.group, directory.mode) == ("root", "prometheus", 0o750)
+    config = host.file("/etc/prometheus-nginx-exporter/web-config.yml")
+    assert (config.user, config.group, config.mode) == ("root", "prometheus", 0o640)
+    text = config.content_string
+    assert SCRAPE_PASSWORD not in text and "berth-test-second-password" not in text
+    assert set(re.findall(r'^\s+"(\w+)": "\$2b\$12\$[./A-Za-z0-9]{53}"$', text, re.M)) == {"prometheus", "ops"}
+    key = host.file("/etc/prometheus-nginx-exporter/tls.key")
+    assert (key.user, key.group, key.mode) == ("root", "prometheus", 0o640)
+    assert "--web.config.file=/etc/prometheus-nginx-exporter/web-config.yml" in host.file(
+        "/etc/default/prometheus-nginx-exporter"
+    ).content_string
+    assert scrape(host, "ops:berth-test-second-password")[0] == "200"
+    assert scrape(host, f"{SCRAPE_USER}:wrong-password")[0] == "401"
+    assert scrape(host, f"nobody:{SCRAPE_PASSWORD}")[0] == "401"
+    assert scrape(host, None)[0] == "401"
+    # TLS only: plain HTTP is answered 400; the certificate chains to the test CA and names the host.
+    plain = f"curl -s -o /dev/null -w '%{{http_code}}' -u {SCRAPE_USER}:{SCRAPE_PASSWORD} http://{exporter_address(host)}/metrics"
+    assert host.check_output(plain) == "400"
+
+
+def test_exporter_reports_nginx_down(host):
+    """nginx_up 0 while nginx is stopped (what BerthNginxDown fires on), 1 again once it is back."""
+    host.check_output("systemctl stop nginx")
+    try:
+        status, body = scrape(host)
+        assert status == "200" and metric(body, "nginx_up") == 0
+    finally:
+        host.check_output("systemctl start nginx")
+    status, body = scrape(host)
+    assert status == "200" and metric(body, "nginx_up") == 1
+
+
 def served(host, name: str) -> tuple[str, str]:
     """The app and colour that answered a request for name."""
     status, _, body = request(host, app_url(host, name), via_lb(host))

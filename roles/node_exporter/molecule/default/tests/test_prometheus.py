@@ -174,14 +174,23 @@ def test_a_pending_reboot_reaches_prometheus_and_its_alert(prometheus, targets):
 
 def test_alert_rules_pass_promtool(prometheus):
     checked = prometheus.run(f"promtool check rules {ALERTS}/berth-alerts.yml")
-    assert checked.rc == 0 and "SUCCESS: 17 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.rc == 0 and "SUCCESS: 24 rules found" in checked.stdout, checked.stdout + checked.stderr
     tested = prometheus.run(f"cd {ALERTS} && promtool test rules berth-alerts.test.yml")
     assert tested.rc == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
 
 
 def test_the_live_prometheus_evaluates_the_rules_on_scraped_data(prometheus, targets):
     groups = {g["name"] for g in api(prometheus, "v1/rules")["groups"]}
-    assert groups == {"berth-host", "berth-backup", "berth-tls", "berth-release", "berth-jobs", "berth-updates"}
+    assert groups == {
+        "berth-host",
+        "berth-backup",
+        "berth-tls",
+        "berth-release",
+        "berth-jobs",
+        "berth-updates",
+        "berth-nginx",
+        "berth-databases",
+    }
 
     expected = {}
     for exporter in EXPORTERS:
