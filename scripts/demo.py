@@ -34,8 +34,9 @@ DEMO_HOST = {
     "published_ports": [f"127.0.0.1:{HTTPS_PORT}:443", f"127.0.0.1:{HTTP_PORT}:80"],
 }
 # On the demo host's network (the first platform's), which resolves the containers' names.
-# NET_ADMIN: the firewall (nftables) in the container's own network namespace.
-MONITOR_HOST = {"name": MONITOR, "image": "berth-test:trixie", "groups": [], "capabilities": ["NET_ADMIN"]}
+# NET_ADMIN: the firewall (nftables) in the container's own network namespace; SYS_ADMIN: Debian's
+# Prometheus unit runs in a user namespace (PrivateUsers=true), which an unprivileged container refuses.
+MONITOR_HOST = {"name": MONITOR, "image": "berth-test:trixie", "groups": [], "capabilities": ["NET_ADMIN", "SYS_ADMIN"]}
 
 
 def platforms(monitoring: bool) -> dict:
