@@ -267,8 +267,8 @@ def test_a_fixture_that_misses_a_marked_line_is_refused(tmp_path: Path, spoil: A
 
 @pytest.mark.parametrize("name", list(ENVIRONMENTS))
 def test_templated_settings_resolve(name: str) -> None:
-    # The firewall's node_exporter sources come from the monitoring group (evaluated on the controller,
-    # no connection to any host).
+    # The firewall's node_exporter and nginx exporter sources come from the monitoring group (evaluated on
+    # the controller, no connection to any host).
     host = ENVIRONMENTS[name][0]
     proc = ansible(
         "ansible", "-i", str(env_dir(name)), host, "-c", "local", "-m", "ansible.builtin.debug",
@@ -278,7 +278,9 @@ def test_templated_settings_resolve(name: str) -> None:
     rules = json.loads(proc.stdout.split("=>", 1)[1])["hardening_firewall_source_rules"]
     assert rules == [
         {"port": 9100, "proto": "tcp", "sources": [ENVIRONMENTS[name][4]],
-         "comment": "Prometheus scrapes node_exporter"}
+         "comment": "Prometheus scrapes node_exporter"},
+        {"port": 9113, "proto": "tcp", "sources": [ENVIRONMENTS[name][4]],
+         "comment": "Prometheus scrapes the nginx exporter"},
     ]
     spec = {"hardening_firewall_source_rules": role_specs()["hardening"]["hardening_firewall_source_rules"]}
     assert ArgumentSpecValidator(spec).validate({"hardening_firewall_source_rules": rules}).error_messages == []

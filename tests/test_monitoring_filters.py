@@ -138,6 +138,35 @@ def test_the_apps_are_probed_at_their_health_path_labelled_with_the_host_that_al
     ]
 
 
+def test_the_services_exporters_are_scraped_where_they_can_be_reached_as_node_exporter_is() -> None:
+    hostvars = {
+        "app1": {"ansible_host": "203.0.113.10", "nginx_exporter_listen_address": "0.0.0.0:9113",
+                 "node_exporter_tls_cert": CERT,
+                 "node_exporter_basic_auth_users": {"prometheus": "a-long-enough-password"}},
+        "app2": {},  # nginx exporter on loopback (its default): not reachable from the monitoring host
+        "app3": {"nginx_exporter_listen_address": "10.0.0.3:9113", "nginx_exporter_enabled": False},
+        "db1": {"ansible_host": "203.0.113.20", "db_host_postgres_exporter_listen_address": "10.0.0.20:9187"},
+    }
+    groups = {"app": ["app1", "app2", "app3"], "db": ["db1"]}
+    nginx, postgres = monitoring.monitoring_exporter_targets(hostvars, groups, "mon1", "prometheus")
+    assert nginx == {"name": "app1", "job": "nginx", "address": "203.0.113.10:9113", "tls": True, "basic_auth": True,
+                     "username": "prometheus", "password": "a-long-enough-password"}
+    assert (postgres["job"], postgres["address"], postgres["tls"]) == ("postgres", "10.0.0.20:9187", False)
+    # on the monitoring host itself, loopback is reachable
+    itself = monitoring.monitoring_exporter_targets({"mon1": {}}, {"app": ["mon1"]}, "mon1", "p")
+    assert [t["name"] for t in itself] == ["mon1"]
+    jobs = monitoring.monitoring_scrape_configs([], "127.0.0.1:9090", "127.0.0.1:9093", "127.0.0.1:9115",
+                                                ca_file="/etc/prometheus/ca.pem", exporters=[nginx, postgres])
+    assert jobs[0] == {
+        "job_name": "nginx_app1", "scheme": "https",
+        "static_configs": [{"targets": ["203.0.113.10:9113"], "labels": {"instance": "app1", "host": "app1"}}],
+        "relabel_configs": [{"target_label": "job", "replacement": "nginx"}],
+        "tls_config": {"server_name": "app1", "min_version": "TLS12", "ca_file": "/etc/prometheus/ca.pem"},
+        "basic_auth": {"username": "prometheus", "password": "a-long-enough-password"},
+    }
+    assert jobs[1]["job_name"] == "postgres_db1" and jobs[1]["scheme"] == "http" and "basic_auth" not in jobs[1]
+
+
 def test_target_problems() -> None:
     assert monitoring.monitoring_target_problems([], "berth", "prometheus")[0].startswith(
         "The inventory group berth (monitoring_target_group) has no host")

@@ -34,8 +34,8 @@ def figure(capsys: pytest.CaptureFixture, line: str) -> None:
 
 
 def test_every_host_and_app_is_watched(host):
-    pools = {f"node_{APP_HOST}", f"node_{MONITOR_HOST}", "prometheus", "alertmanager", "blackbox",
-             "blackbox_ssh", "blackbox_https"}
+    pools = {f"node_{APP_HOST}", f"node_{MONITOR_HOST}", f"nginx_{APP_HOST}", "prometheus", "alertmanager",
+             "blackbox", "blackbox_ssh", "blackbox_https"}
 
     def all_up() -> list[dict] | None:
         active = api(host, "v1/targets?state=active")["activeTargets"]
@@ -51,6 +51,9 @@ def test_every_host_and_app_is_watched(host):
                                             if r["value"][1] == "1"], 60, f"{url} answers the probe")
         # a host serving the app alone: its host label lets a host-down alert silence the site's
         assert (probe["metric"]["app"], probe["metric"]["host"]) == (app, APP_HOST)
+    # nginx's exporter (over the network, as the example opens it) reads nginx's status
+    assert wait_for(lambda: [r for r in query(host, f'nginx_up{{instance="{APP_HOST}"}}') if r["value"][1] == "1"],
+                    30, "nginx_up 1")
     # the certificate as a client sees it: Pebble's, valid for years
     [expiry] = query(host, f'probe_ssl_earliest_cert_expiry{{instance="{PROBES["shop"]}"}}')
     assert float(expiry["value"][1]) - time.time() > 300 * 86400

@@ -27,6 +27,13 @@ NODE_EXPORTER_DEFAULTS = {
     "node_exporter_basic_auth_users": {},
 }
 HOST_DOWN_ALERT = "BerthHostDown"
+# The exporters of the services berth runs, scraped like node_exporter (its TLS and basic auth settings):
+# job: (the inventory group whose hosts run it, its switch and its listen address, with their defaults).
+EXPORTERS = {
+    "nginx": ("app", ("nginx_exporter_enabled", True), ("nginx_exporter_listen_address", "127.0.0.1:9113")),
+    "postgres": ("db", ("db_host_postgres_exporter_enabled", True),
+                 ("db_host_postgres_exporter_listen_address", "127.0.0.1:9187")),
+}
 
 
 def is_duration(value: Any) -> bool:
@@ -97,6 +104,42 @@ def _host_settings(hostvars: Any, name: str) -> dict[str, Any]:
     return found
 
 
+def _scrape_address(listen: str, ansible_host: str, same_host: bool) -> str | None:
+    """Where Prometheus reaches an exporter listening on `listen`: a wildcard at the host's ansible_host,
+    a specific address at that address, loopback only from the same host (None: unreachable)."""
+    host, port = _split_address(listen)
+    if _is_wildcard(host):
+        host = ansible_host
+    elif _is_loopback(host) and not same_host:
+        return None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def monitoring_exporter_targets(hostvars: Any, groups: Any, monitoring_host: str, username: str) -> list[dict]:
+    """The exporters of EXPORTERS that Prometheus can reach: nginx's on the hosts of the group app, the
+    PostgreSQL exporter on the database host (group db), each switched on and listening beyond loopback
+    (a loopback exporter on another host is not scraped: open it as node_exporter, e.g.
+    nginx_exporter_listen_address: 0.0.0.0:9113 and a firewall rule). TLS and basic auth as the host's
+    node_exporter (the exporters share its settings)."""
+    targets = []
+    for job, (group, (switch, on), (variable, default)) in EXPORTERS.items():
+        for name in (groups or {}).get(group, []):
+            values = hostvars[name]
+            if not values.get(switch, on):
+                continue
+            settings = _host_settings(hostvars, name)
+            address = _scrape_address(str(values.get(variable, default)), str(settings["ansible_host"]),
+                                      name == monitoring_host)
+            if address is None:
+                continue
+            users = settings["node_exporter_basic_auth_users"] or {}
+            targets.append({"name": name, "job": job, "address": address,
+                            "tls": bool(settings["node_exporter_tls_cert"]), "basic_auth": bool(users),
+                            "username": username if users else "",
+                            "password": users.get(username, "") if users else ""})
+    return targets
+
+
 def monitoring_node_targets(hostvars: Any, hosts: list[str], monitoring_host: str, username: str) -> list[dict]:
     """One entry per host of the target group: where Prometheus scrapes its node_exporter and how.
 
@@ -109,18 +152,9 @@ def monitoring_node_targets(hostvars: Any, hosts: list[str], monitoring_host: st
     targets = []
     for name in hosts:
         settings = _host_settings(hostvars, name)
-        listen = str(settings["node_exporter_web_listen_address"])
-        host, port = _split_address(listen)
-        if _is_wildcard(host):
-            address_host = str(settings["ansible_host"])
-        elif _is_loopback(host) and name != monitoring_host:
-            address_host = None
-        else:
-            address_host = host
+        address = _scrape_address(str(settings["node_exporter_web_listen_address"]), str(settings["ansible_host"]),
+                                  name == monitoring_host)
         users = settings["node_exporter_basic_auth_users"] or {}
-        address = None
-        if address_host is not None:
-            address = f"[{address_host}]:{port}" if ":" in address_host else f"{address_host}:{port}"
         targets.append(
             {
                 "name": name,
@@ -160,6 +194,26 @@ def monitoring_target_problems(targets: list[dict], group: str, username: str) -
     return problems
 
 
+def _host_job(target: dict, job_label: str, ca_file: str) -> dict:
+    """The scrape job of one host's exporter: its own TLS name and credentials, labelled job=<job_label>
+    (what berth's rules select), instance and host = the inventory name."""
+    labels = {"instance": target["name"], "host": target["name"]}
+    job: dict[str, Any] = {
+        "job_name": f"{job_label}_{target['name']}",
+        "scheme": "https" if target["tls"] else "http",
+        "static_configs": [{"targets": [target["address"]], "labels": labels}],
+        "relabel_configs": [{"target_label": "job", "replacement": job_label}],
+    }
+    if target["tls"]:
+        tls: dict[str, Any] = {"server_name": target["name"], "min_version": "TLS12"}
+        if ca_file:
+            tls["ca_file"] = ca_file
+        job["tls_config"] = tls
+    if target["basic_auth"]:
+        job["basic_auth"] = {"username": target["username"], "password": target["password"]}
+    return job
+
+
 def _blackbox_relabel(blackbox: str) -> list[dict]:
     return [
         {"source_labels": ["__address__"], "target_label": "__param_target"},
@@ -193,31 +247,19 @@ def monitoring_scrape_configs(
     probe_urls: list[str] | None = None,
     probe_ssh: bool = True,
     app_probes: list[dict] | None = None,
+    exporters: list[dict] | None = None,
 ) -> list[dict]:
     """Prometheus' scrape_configs: one job per berth host's node_exporter (each with its own TLS name
     and credentials; all labelled job="node", as berth's alert rules expect, instance=<inventory name>
     and host=<inventory name>), Prometheus, Alertmanager and blackbox_exporter themselves, and the
     blackbox probes: each host's SSH (instance and host: its inventory name), the apps' URLs
-    (app_probes, from monitoring_app_probes) and each URL of probe_urls (instance: the URL).
+    (app_probes, from monitoring_app_probes) and each URL of probe_urls (instance: the URL); and the
+    services' exporters (from monitoring_exporter_targets), one job per host as node_exporter's,
+    labelled job="<nginx|postgres>".
 
     prometheus, alertmanager and blackbox are listen addresses (a wildcard is reached on loopback)."""
-    configs: list[dict] = []
-    for target in targets:
-        labels = {"instance": target["name"], "host": target["name"]}
-        job: dict[str, Any] = {
-            "job_name": f"node_{target['name']}",
-            "scheme": "https" if target["tls"] else "http",
-            "static_configs": [{"targets": [target["address"]], "labels": labels}],
-            "relabel_configs": [{"target_label": "job", "replacement": "node"}],
-        }
-        if target["tls"]:
-            tls: dict[str, Any] = {"server_name": target["name"], "min_version": "TLS12"}
-            if ca_file:
-                tls["ca_file"] = ca_file
-            job["tls_config"] = tls
-        if target["basic_auth"]:
-            job["basic_auth"] = {"username": target["username"], "password": target["password"]}
-        configs.append(job)
+    configs: list[dict] = [_host_job(target, "node", ca_file) for target in targets]
+    configs += [_host_job(target, target["job"], ca_file) for target in exporters or []]
     blackbox_address = _connect_address(blackbox)
     configs += [
         {"job_name": "prometheus", "static_configs": [{"targets": [_connect_address(prometheus)]}]},
@@ -384,6 +426,7 @@ class FilterModule:
             "monitoring_target_problems": monitoring_target_problems,
             "monitoring_scrape_configs": monitoring_scrape_configs,
             "monitoring_app_probes": monitoring_app_probes,
+            "monitoring_exporter_targets": monitoring_exporter_targets,
             "monitoring_receiver_problems": monitoring_receiver_problems,
             "monitoring_alertmanager_config": monitoring_alertmanager_config,
             "monitoring_alert_names": monitoring_alert_names,
