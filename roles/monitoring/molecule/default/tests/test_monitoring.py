@@ -17,7 +17,6 @@ testinfra_hosts = [SERVER]
 
 POOLS = {f"node_{TARGET}", "prometheus", "alertmanager", "blackbox", "blackbox_ssh", "blackbox_https"}
 SITE = "https://localhost:8443/"
-EXPIRING_SITE = "https://localhost:8444/"  # prepare.yml: its certificate expires in 5 days
 
 
 def test_services_listen_on_loopback_only(host):
@@ -155,20 +154,6 @@ def test_host_down_reaches_webhook_and_mail_then_resolves(capsys):
     directory = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
     if directory:
         Path(directory, "time-to-alert.txt").write_text(figures + "\n")
-
-
-def test_a_certificate_expiring_as_served_reaches_webhook_and_mail():
-    """The site on 8444 serves a certificate that expires in 5 days: BerthSiteCertificateExpiring (within
-    14 days; for: 5s in the scenario) for that URL reaches the webhook and the mail; the site on 8443, whose
-    certificate has 30 days, raises none."""
-    def webhook() -> list[dict]:
-        return [a for r in records(get_host(SERVER), "webhook") for a in r["body"]["alerts"]
-                if a["labels"].get("alertname") == "BerthSiteCertificateExpiring" and a["status"] == "firing"]
-
-    alerts = wait_for(webhook, 90, "BerthSiteCertificateExpiring at the webhook")
-    assert {a["labels"]["instance"] for a in alerts} == {EXPIRING_SITE}
-    assert wait_for(lambda: [s for _, s in subjects(0) if s.startswith("[FIRING")
-                             and "BerthSiteCertificateExpiring" in s], 60, "BerthSiteCertificateExpiring by mail")
 
 
 @pytest.mark.parametrize("name", ["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter"])
