@@ -114,13 +114,13 @@ The demo host {HOST} is provisioned: nginx serves two apps over HTTPS with certi
                         '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' {HOST})
   run site.yml again: .venv/bin/ansible-playbook site.yml {" ".join(inventory)} {" ".join(extra[:2])} \\
                         -e '{extra[3]}'   (changes nothing)
-  deploy v2 of shop:  .venv/bin/ansible-playbook playbooks/deploy.yml -i inventories/local {" ".join(extra[:2])} \\
+  deploy v2 of shop:  .venv/bin/ansible-playbook playbooks/deploy.yml {" ".join(inventory)} {" ".join(extra[:2])} \\
                         -e app=shop -e app_version=v2
-  roll it back:       .venv/bin/ansible-playbook playbooks/rollback.yml -i inventories/local {" ".join(extra[:2])} \\
+  roll it back:       .venv/bin/ansible-playbook playbooks/rollback.yml {" ".join(inventory)} {" ".join(extra[:2])} \\
                         -e app=shop
   shop's summary job: docker exec {HOST} systemctl start berth-job-shop-summary   (its log: journalctl -u …)
-  back up now:        .venv/bin/ansible-playbook playbooks/backup-now.yml -i inventories/local {" ".join(extra[:2])}
-  restore shop:       .venv/bin/ansible-playbook playbooks/restore.yml -i inventories/local {" ".join(extra[:2])} \\
+  back up now:        .venv/bin/ansible-playbook playbooks/backup-now.yml {" ".join(inventory)} {" ".join(extra[:2])}
+  restore shop:       .venv/bin/ansible-playbook playbooks/restore.yml {" ".join(inventory)} {" ".join(extra[:2])} \\
                         -e app=shop -e backup_restore_confirm={HOST}
   tear it down:       scripts/demo.py down   (removes the host, its volumes and network)
   faster runs:        put ANSIBLE_STRATEGY=mitogen_linear before a command (Mitogen, docs/performance.md)
