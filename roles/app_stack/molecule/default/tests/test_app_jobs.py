@@ -7,10 +7,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[5] / "molecule" / "shared"))
+from prometheus_api import wait_for  # the scenarios' shared polling helper
 
 testinfra_hosts = ["all"]
 
@@ -42,16 +46,6 @@ def metrics(host, job):
 
 def state(host, job):
     return json.loads(host.file(f"/var/lib/berth/jobs/{unit(job)}.json").content_string)
-
-
-def wait_for(what, probe, timeout=120, interval=2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
 
 
 def journal(host, job, since):
@@ -91,8 +85,8 @@ def test_summary_runs_on_time_from_its_timer_and_writes_its_row(host):
     # The timer runs it every minute since the converge: wait for a run that began after this test did
     # (its metrics are written when it has ended).
     begun = time.time()
-    wait_for("a run of summary from its timer", lambda: metrics(host, "summary").get(
-        "berth_job_last_run_timestamp_seconds", 0) > begun, timeout=150)
+    wait_for(lambda: metrics(host, "summary").get("berth_job_last_run_timestamp_seconds", 0) > begun,
+             150, "a run of summary from its timer", interval=2)
     found = metrics(host, "summary")
     assert found["berth_job_last_run_success"] == 1
     assert 0 < found["berth_job_last_duration_seconds"] < 60
@@ -119,8 +113,8 @@ def test_a_second_start_while_a_run_holds_the_lock_is_refused_and_counted_as_ski
     before = metrics(host, "slow")
     begun = time.time()
     host.check_output(f"systemctl start --no-block {unit('slow')}.service")
-    wait_for("slow's container", lambda: host.run(
-        f"docker inspect -f '{{{{.State.Running}}}}' {unit('slow')}").stdout.strip() == "true", timeout=60, interval=1)
+    wait_for(lambda: host.run(f"docker inspect -f '{{{{.State.Running}}}}' {unit('slow')}").stdout.strip() == "true",
+             60, "slow's container")
     second = host.run(f"{PROGRAM} run {unit('slow')}")
     assert second.rc == 75, second.stderr
     assert "not started: another run of this job holds its lock /run/lock/berth-job-shop-slow" in second.stderr
@@ -128,8 +122,8 @@ def test_a_second_start_while_a_run_holds_the_lock_is_refused_and_counted_as_ski
     assert skipped["berth_job_skipped_total"] == before["berth_job_skipped_total"] + 1
     assert skipped["berth_job_failures_total"] == before["berth_job_failures_total"]
     # The run itself goes on to its end and succeeds.
-    wait_for("slow's end", lambda: properties(host, f"{unit('slow')}.service", "ActiveState")["ActiveState"]
-             == "inactive", timeout=90, interval=2)
+    wait_for(lambda: properties(host, f"{unit('slow')}.service", "ActiveState")["ActiveState"] == "inactive",
+             90, "slow's end", interval=2)
     after = metrics(host, "slow")
     assert after["berth_job_last_run_success"] == 1
     assert after["berth_job_runs_total"] == before.get("berth_job_runs_total", 0) + 1
@@ -182,8 +176,9 @@ def live_colour_green(host):
     yield
     host.check_output(f"rm -f {LIVE_COLOUR}")
     host.check_output(f"{SHOP_COMPOSE} start web-green")
-    wait_for("shop's web-green healthy again", lambda: [json.loads(line)["Health"] for line in host.check_output(
-        f"{SHOP_COMPOSE} ps --format json web-green").splitlines()] == ["healthy"], timeout=90)
+    wait_for(lambda: [json.loads(line)["Health"] for line in host.check_output(
+        f"{SHOP_COMPOSE} ps --format json web-green").splitlines()] == ["healthy"],
+             90, "shop's web-green healthy again", interval=2)
 
 
 def test_a_job_runs_in_the_blue_colour_before_any_release(host):
