@@ -6,7 +6,9 @@
     scripts/test.py --no-molecule        # setup, lint and pytest only
     scripts/test.py --jobs 1             # scenarios one at a time (default: two at a time)
 
-Molecule logs go to artifacts/molecule/<scenario>.log. The last line is the summary
+The linters and pytest run as one job beside the first (slowest) scenario, so that both cores work
+from the start; their output goes to artifacts/lint.log and artifacts/pytest.log, Molecule's to
+artifacts/molecule/<scenario>.log (a failure prints the log's tail). The last line is the summary
 "tests: N passed, N failed" (lint tools, pytest tests and scenarios each counted).
 """
 
@@ -17,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,26 +62,39 @@ def scenarios(pattern: str | None) -> list[Scenario]:
     return sorted(chosen, key=lambda s: next((i for i, p in enumerate(SLOWEST_FIRST) if s.label.startswith(p)), 99))
 
 
-def run_tool(name: str, cmd: list[str]) -> Result:
+def run_logged(name: str, cmd: list[str], logfile: Path) -> Result:
+    """Run a command with its output appended to logfile; print the log's tail if it fails."""
     start = time.monotonic()
-    code = run(cmd, check=False, cwd=ROOT, env=venv_env())
-    return Result(name, code == 0, time.monotonic() - start)
+    with logfile.open("a") as out:
+        out.write(f"$ {' '.join(cmd)}\n")
+        out.flush()
+        code = subprocess.run(cmd, cwd=ROOT, env=venv_env(), stdout=out, stderr=subprocess.STDOUT, check=False)
+    result = Result(name, code.returncode == 0, time.monotonic() - start)
+    log(f"{name}: {'passed' if result.ok else 'FAILED'} in {result.seconds:.0f} s (log: {logfile.relative_to(ROOT)})")
+    if not result.ok:
+        tail = logfile.read_text().splitlines()[-60:]
+        print("\n".join(f"    {line}" for line in tail), flush=True)
+    return result
 
 
 def lint() -> list[Result]:
+    logfile = ARTIFACTS / "lint.log"
+    logfile.write_text("")
     return [
-        run_tool("yamllint", [str(VENV_BIN / "yamllint"), "--strict", "."]),
-        run_tool("ansible-lint", [str(VENV_BIN / "ansible-lint"), "--profile", "production", "--strict"]),
-        run_tool("ruff", [str(VENV_BIN / "ruff"), "check", *PY_PATHS]),
+        run_logged("yamllint", [str(VENV_BIN / "yamllint"), "--strict", "."], logfile),
+        run_logged("ansible-lint", [str(VENV_BIN / "ansible-lint"), "--profile", "production", "--strict"], logfile),
+        run_logged("ruff", [str(VENV_BIN / "ruff"), "check", *PY_PATHS], logfile),
     ]
 
 
 def pytest() -> tuple[int, int, Result]:
     """Run the unit tests; return (passed, failed, result) as counted in pytest's JUnit report."""
     junit = ARTIFACTS / "pytest.xml"
-    start = time.monotonic()
+    junit.unlink(missing_ok=True)
+    logfile = ARTIFACTS / "pytest.log"
+    logfile.write_text("")
     cmd = [str(VENV_BIN / "pytest"), "-q", "tests", f"--junitxml={junit}"]
-    code = run(cmd, check=False, cwd=ROOT, env=venv_env())
+    ran = run_logged("pytest", cmd, logfile)
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     if junit.exists() and (suite := re.search(r"<testsuite [^>]*>", junit.read_text())):
         for key in counts:
@@ -87,8 +103,8 @@ def pytest() -> tuple[int, int, Result]:
     failed = counts["failures"] + counts["errors"]
     passed = counts["tests"] - failed - counts["skipped"]
     # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
-    ok = code == 0 and passed > 0
-    return passed, max(failed, 0 if ok else 1), Result("pytest", ok, time.monotonic() - start)
+    ok = ran.ok and passed > 0
+    return passed, max(failed, 0 if ok else 1), Result("pytest", ok, ran.seconds)
 
 
 def molecule(scenario: Scenario) -> Result:
@@ -128,24 +144,28 @@ def main() -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     with timer.step("setup"):
         run([sys.executable, str(ROOT / "scripts" / "setup.py"), "--engine"])
-    results: list[Result] = []
-    if not args.no_lint:
-        with timer.step("lint"):
-            results += lint()
-    with timer.step("pytest"):
-        passed, failed, result = pytest()
-    results.append(result)
+    counts = {"passed": 0, "failed": 0}
+
+    def checks() -> list[Result]:
+        """The linters, then pytest (one job: they are light beside a scenario)."""
+        found = [] if args.no_lint else lint()
+        counts["passed"], counts["failed"], result = pytest()
+        return [*found, result]
+
+    jobs: list[Callable[[], list[Result]]] = [checks]
     if not args.no_molecule:
         chosen = scenarios(args.scenario)
         if not chosen:
             sys.exit(f"berth: no Molecule scenario matches {args.scenario!r}")
         with timer.step("test images"):
             run([sys.executable, str(ROOT / "scripts" / "images.py")])
-        with (
-            timer.step(f"molecule ({len(chosen)} scenarios, {args.jobs} at a time)"),
-            ThreadPoolExecutor(max_workers=args.jobs) as pool,
-        ):
-            results += list(pool.map(molecule, chosen))
+        # The slowest scenario first, the checks beside it, then the other scenarios as workers free up.
+        runs = [lambda s=s: [molecule(s)] for s in chosen]
+        jobs = [runs[0], checks, *runs[1:]]
+    label = f"checks and molecule ({len(jobs) - 1} scenarios, {args.jobs} at a time)" if len(jobs) > 1 else "checks"
+    with timer.step(label), ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = [r for found in pool.map(lambda job: job(), jobs) for r in found]
+    passed, failed = counts["passed"], counts["failed"]
 
     print("\n" + "=" * 72)
     for res in results:
