@@ -4,10 +4,12 @@ before any host changes, with its message (the cases: tests/fixtures/bad-setting
 
     bad_settings.py --inventory DIR --vault-password-file PW [--container NAME] [--report FILE] [-- -e …]
 
-tests/test_preflight.py uses run() and problems() with every host unreachable. molecule/site runs this
-file against a fresh test host (--container: its Docker container): every case, with the host's state
-read before and after each (packages, users and groups, every file under /etc, running services, and
-any file changed elsewhere), which must not differ. It prints one line per case and exits 1 if any
+tests/test_preflight.py uses run() and problems() with every host unreachable: a case that checks the
+settings alone must be refused without the host being contacted. molecule/site runs this file against a
+fresh test host (--container: its Docker container) with --host-cases-only: the cases that read the host
+(`host: true`; the others never reach it, as test_preflight.py shows), with the host's state read before
+and after each (packages, users and groups, every file under /etc, running services, and any file
+changed elsewhere), which must not differ. It prints one line per case and exits 1 if any
 case was not refused as it should be.
 """
 
@@ -144,12 +146,13 @@ def main() -> None:
     parser.add_argument("--vault-password-file", type=Path, required=True)
     parser.add_argument("--container", help="the test host's container: compare its state before and after")
     parser.add_argument("--report", type=Path, help="write every case's outcome here (JSON)")
+    parser.add_argument("--host-cases-only", action="store_true", help="only the cases that read the host")
     parser.add_argument("extra", nargs="*", help="more ansible-playbook arguments (after --)")
     args = parser.parse_args()
 
     report, failures = [], 0
     before = host_state(args.container) if args.container else {}
-    for case in load_cases():
+    for case in [c for c in load_cases() if c.host or not args.host_cases_only]:
         outcome = run(case, args.inventory, args.vault_password_file, args.extra)
         found = problems(outcome)
         after = host_state(args.container) if args.container else {}
