@@ -267,7 +267,7 @@ def test_a_fixture_that_misses_a_marked_line_is_refused(tmp_path: Path, spoil: A
 
 @pytest.mark.parametrize("name", list(ENVIRONMENTS))
 def test_templated_settings_resolve(name: str) -> None:
-    # The firewall's node_exporter and nginx exporter sources come from the monitoring group (evaluated on
+    # The firewall's node_exporter, nginx exporter and mtail sources come from the monitoring group (evaluated on
     # the controller, no connection to any host).
     host = ENVIRONMENTS[name][0]
     proc = ansible(
@@ -281,6 +281,8 @@ def test_templated_settings_resolve(name: str) -> None:
          "comment": "Prometheus scrapes node_exporter"},
         {"port": 9113, "proto": "tcp", "sources": [ENVIRONMENTS[name][4]],
          "comment": "Prometheus scrapes the nginx exporter"},
+        {"port": 3903, "proto": "tcp", "sources": [ENVIRONMENTS[name][4]],
+         "comment": "Prometheus scrapes mtail (nginx's log)"},
     ]
     spec = {"hardening_firewall_source_rules": role_specs()["hardening"]["hardening_firewall_source_rules"]}
     assert ArgumentSpecValidator(spec).validate({"hardening_firewall_source_rules": rules}).error_messages == []

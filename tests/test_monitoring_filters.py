@@ -152,9 +152,10 @@ def test_the_services_exporters_are_scraped_where_they_can_be_reached_as_node_ex
     assert nginx == {"name": "app1", "job": "nginx", "address": "203.0.113.10:9113", "tls": True, "basic_auth": True,
                      "username": "prometheus", "password": "a-long-enough-password"}
     assert (postgres["job"], postgres["address"], postgres["tls"]) == ("postgres", "10.0.0.20:9187", False)
-    # on the monitoring host itself, loopback is reachable
+    # on the monitoring host itself, loopback is reachable (nginx's exporter and mtail, their defaults)
     itself = monitoring.monitoring_exporter_targets({"mon1": {}}, {"app": ["mon1"]}, "mon1", "p")
-    assert [t["name"] for t in itself] == ["mon1"]
+    assert [(t["name"], t["job"], t["address"]) for t in itself] == [
+        ("mon1", "nginx", "127.0.0.1:9113"), ("mon1", "nginx_log", "127.0.0.1:3903")]
     jobs = monitoring.monitoring_scrape_configs([], "127.0.0.1:9090", "127.0.0.1:9093", "127.0.0.1:9115",
                                                 ca_file="/etc/prometheus/ca.pem", exporters=[nginx, postgres])
     assert jobs[0] == {
@@ -165,6 +166,34 @@ def test_the_services_exporters_are_scraped_where_they_can_be_reached_as_node_ex
         "basic_auth": {"username": "prometheus", "password": "a-long-enough-password"},
     }
     assert jobs[1]["job_name"] == "postgres_db1" and jobs[1]["scheme"] == "http" and "basic_auth" not in jobs[1]
+
+
+def test_mtail_is_scraped_in_plain_http_whatever_node_exporters_tls_and_basic_auth() -> None:
+    secured = {"node_exporter_tls_cert": CERT,
+               "node_exporter_basic_auth_users": {"prometheus": "a-long-enough-password"}}
+    hostvars = {
+        "app1": {"ansible_host": "203.0.113.10", "nginx_log_metrics_listen_address": "0.0.0.0:3903", **secured},
+        "app2": {"nginx_log_metrics_listen_address": "10.0.0.2:3903", "nginx_exporter_enabled": False},
+        "app3": {"nginx_log_metrics_listen_address": "10.0.0.3:3903", "nginx_log_metrics_enabled": False},
+        "app4": {"nginx_exporter_listen_address": "0.0.0.0:9113", **secured},  # mtail on loopback (its default)
+    }
+    targets = monitoring.monitoring_exporter_targets(hostvars, {"app": list(hostvars)}, "mon1", "prometheus")
+    mtail = [t for t in targets if t["job"] == "nginx_log"]
+    assert mtail == [
+        {"name": "app1", "job": "nginx_log", "address": "203.0.113.10:3903", "tls": False, "basic_auth": False,
+         "username": "", "password": ""},
+        {"name": "app2", "job": "nginx_log", "address": "10.0.0.2:3903", "tls": False, "basic_auth": False,
+         "username": "", "password": ""},
+    ]
+    # nginx's exporter (app4's; app1's is on loopback) keeps node_exporter's TLS and basic auth
+    assert [(t["name"], t["tls"], t["basic_auth"]) for t in targets if t["job"] == "nginx"] == [("app4", True, True)]
+    job = monitoring.monitoring_scrape_configs([], "127.0.0.1:9090", "127.0.0.1:9093", "127.0.0.1:9115",
+                                               ca_file="/etc/prometheus/ca.pem", exporters=mtail[:1])[0]
+    assert job == {
+        "job_name": "nginx_log_app1", "scheme": "http",
+        "static_configs": [{"targets": ["203.0.113.10:3903"], "labels": {"instance": "app1", "host": "app1"}}],
+        "relabel_configs": [{"target_label": "job", "replacement": "nginx_log"}],
+    }
 
 
 def test_target_problems() -> None:

@@ -60,6 +60,10 @@ SPOILT: dict[str, dict] = {
         "nginx_exporter_listen_address": "10.0.0.5:9113",
         "node_exporter_basic_auth_users": {"prometheus": "0123456789abcdef0123"},
     },
+    # mtail's listen address (plain HTTP).
+    "valid log metrics on every interface": {"nginx_log_metrics_listen_address": "0.0.0.0:3903"},
+    "log metrics address by host name": {"nginx_log_metrics_listen_address": "localhost:3903"},
+    "log metrics address without a port": {"nginx_log_metrics_listen_address": "[::1]"},
 }
 
 
@@ -83,6 +87,9 @@ LISTEN_RULE = (
 STUB_RULE = (
     "nginx_stub_status_port must be a port 1-65535 that neither nginx's sites (80, 443) nor an app's colours"
     " (on 127.0.0.1) use"
+)
+LOG_METRICS_RULE = (
+    "nginx_log_metrics_listen_address must be IPv4:port or [IPv6]:port with a port 1-65535, e.g. 127.0.0.1:3903"
 )
 DRAIN_RULE = (
     "nginx_drain_file must be an absolute file path of letters, digits and . _ / -, e.g. /var/lib/berth/draining"
@@ -121,6 +128,9 @@ DRAIN_RULE = (
         ("stub_status on 443", STUB_RULE),
         ("exporter and stub_status on one port", "nginx_exporter_listen_address and nginx_stub_status_port need two"),
         ("basic auth off loopback without TLS", "node_exporter_basic_auth_users (also the nginx exporter's) needs TLS"),
+        ("log metrics address by host name", f"{LOG_METRICS_RULE} (or 0.0.0.0:3903"),
+        ("log metrics address by host name", 'got "localhost:3903".'),
+        ("log metrics address without a port", LOG_METRICS_RULE),
     ],
 )
 def test_bad_input_fails_with_a_clear_message(outcomes: dict[str, dict], case: str, says: str) -> None:

@@ -29,7 +29,7 @@ from apps import derived_port  # noqa: E402 - the project's filter, for the apps
 # The well-known ports and the usual suspects of a Docker host (Docker's API, databases, caches, the
 # apps' colours, metrics, Pebble).
 COLOURS = [derived_port(app) + colour for app in ("shop", "blog") for colour in (0, 1)]
-PORTS = ",".join(["1-1024,2375,2376,3000,5432,6379,8000,8001,8002,9090,9100,9113,14000,15000", *map(str, COLOURS)])
+PORTS = ",".join(["1-1024,2375,2376,3000,5432,6379,8000,8001,8002,3903,9090,9100,9113,14000,15000", *map(str, COLOURS)])
 
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 ADMIN_KEY = EPHEMERAL / "admin_ed25519"
@@ -184,10 +184,10 @@ def test_the_monitoring_server_scrapes_the_metrics(host, address, backup_run):
     assert "node_filesystem_avail_bytes" in metrics
 
 
-@pytest.mark.parametrize("port", [9100, 9113])
+@pytest.mark.parametrize("port", [9100, 9113, 3903])
 def test_metrics_are_closed_to_everybody_else(host, address, stranger, port):
-    # node_exporter's and nginx's exporter: the monitoring server's address gets in (the tests of
-    # test_the_monitoring_host.py scrape both), a stranger's does not
+    # node_exporter's, nginx's exporter and mtail (nginx's log): the monitoring server's address gets in
+    # (the tests of test_the_monitoring_host.py scrape them), a stranger's does not
     assert host.run(f"curl -sS --max-time 5 -o /dev/null http://{address}:{port}/metrics").rc == 0
     refused = host.run(f"curl -sS --max-time 5 --interface {stranger} http://{address}:{port}/metrics")
     assert refused.rc != 0

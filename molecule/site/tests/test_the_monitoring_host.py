@@ -34,7 +34,8 @@ def figure(capsys: pytest.CaptureFixture, line: str) -> None:
 
 
 def test_every_host_and_app_is_watched(host):
-    pools = {f"node_{APP_HOST}", f"node_{MONITOR_HOST}", f"nginx_{APP_HOST}", "prometheus", "alertmanager",
+    pools = {f"node_{APP_HOST}", f"node_{MONITOR_HOST}", f"nginx_{APP_HOST}",
+             f"nginx_log_{APP_HOST}", "prometheus", "alertmanager",
              "blackbox", "blackbox_ssh", "blackbox_https"}
 
     def all_up() -> list[dict] | None:

@@ -31,9 +31,14 @@ HOST_DOWN_ALERT = "BerthHostDown"
 # job: (the inventory group whose hosts run it, its switch and its listen address, with their defaults).
 EXPORTERS = {
     "nginx": ("app", ("nginx_exporter_enabled", True), ("nginx_exporter_listen_address", "127.0.0.1:9113")),
+    "nginx_log": ("app", ("nginx_log_metrics_enabled", True),
+                  ("nginx_log_metrics_listen_address", "127.0.0.1:3903")),
     "postgres": ("db", ("db_host_postgres_exporter_enabled", True),
                  ("db_host_postgres_exporter_listen_address", "127.0.0.1:9187")),
 }
+# Those that serve plain HTTP whatever node_exporter's settings: mtail (roles/nginx) has no TLS, no basic
+# auth (it stays on loopback or behind a firewall rule for the monitoring hosts).
+PLAIN_HTTP_EXPORTERS = {"nginx_log"}
 
 
 def is_duration(value: Any) -> bool:
@@ -120,7 +125,7 @@ def monitoring_exporter_targets(hostvars: Any, groups: Any, monitoring_host: str
     PostgreSQL exporter on the database host (group db), each switched on and listening beyond loopback
     (a loopback exporter on another host is not scraped: open it as node_exporter, e.g.
     nginx_exporter_listen_address: 0.0.0.0:9113 and a firewall rule). TLS and basic auth as the host's
-    node_exporter (the exporters share its settings)."""
+    node_exporter (the exporters share its settings), except PLAIN_HTTP_EXPORTERS (mtail: nginx_log)."""
     targets = []
     for job, (group, (switch, on), (variable, default)) in EXPORTERS.items():
         for name in (groups or {}).get(group, []):
@@ -132,9 +137,10 @@ def monitoring_exporter_targets(hostvars: Any, groups: Any, monitoring_host: str
                                       name == monitoring_host)
             if address is None:
                 continue
-            users = settings["node_exporter_basic_auth_users"] or {}
+            plain = job in PLAIN_HTTP_EXPORTERS
+            users = {} if plain else settings["node_exporter_basic_auth_users"] or {}
             targets.append({"name": name, "job": job, "address": address,
-                            "tls": bool(settings["node_exporter_tls_cert"]), "basic_auth": bool(users),
+                            "tls": not plain and bool(settings["node_exporter_tls_cert"]), "basic_auth": bool(users),
                             "username": username if users else "",
                             "password": users.get(username, "") if users else ""})
     return targets

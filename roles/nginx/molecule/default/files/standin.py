@@ -1,5 +1,6 @@
 #!/usr/bin/python3
 """Stand-in for one colour of one app on its port: says which it is, echoes what nginx passed on, answers websockets.
+A request for /berth-status/<code> is answered with that HTTP status (an app that fails, for the log metrics).
 
     berth-standin <app> <colour> <port>
 """
@@ -28,7 +29,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def reply(self) -> None:
         body = json.dumps({"app": self.app, "colour": self.colour, "headers": dict(self.headers.items())}).encode()
-        self.send_response(200)
+        code = self.path.removeprefix("/berth-status/")
+        self.send_response(int(code) if code.isdigit() else 200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -445,6 +445,53 @@ def test_exporter_reports_nginx_down(host):
     assert status == "200" and metric(body, "nginx_up") == 1
 
 
+# mtail on nginx's access log: on 127.0.0.1:3903 (the role's default) on both hosts.
+LOG_METRICS = "127.0.0.1:3903"
+REQUESTS_RE = re.compile(r'^berth_nginx_http_requests_total\{app="([^"]+)",status="([^"]+)"\} (\S+)$', re.M)
+DURATIONS_RE = re.compile(r'^berth_nginx_http_request_duration_seconds_count\{app="([^"]+)"\} (\S+)$', re.M)
+
+
+def log_metrics(host) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
+    """mtail's request counts by (app, status class) and its duration histogram's count by app."""
+    body = host.check_output(f"curl -sS --fail --max-time 5 http://{LOG_METRICS}/metrics")
+    requests = {(app, status): float(value) for app, status, value in REQUESTS_RE.findall(body)}
+    return requests, {app: float(value) for app, value in DURATIONS_RE.findall(body)}
+
+
+def test_log_metrics_listen_on_loopback_only_by_default(host):
+    assert host.service("mtail").is_enabled
+    listening = host.check_output("ss -Htln 'sport = :3903' | awk '{print $4}'").split()
+    assert listening == [LOG_METRICS]
+    assert host.run(f"curl -sS --max-time 5 http://{network_address(host)}:3903/metrics").rc != 0
+
+
+def test_log_metrics_count_each_apps_requests_by_status_class(host, trust):
+    """Requests through nginx (stand-ins answer /berth-status/<code> with that code) show up in mtail's
+    metrics as exactly these counts per app and status class, and in each app's duration histogram."""
+    sent = {("shop", "2xx"): 3, ("shop", "5xx"): 2, ("shop", "4xx"): 1, ("blog", "2xx"): 1, ("blog", "5xx"): 4}
+    paths = {"2xx": "/", "4xx": "/berth-status/404", "5xx": "/berth-status/500"}
+    domain = {"shop": "www.shop.test", "blog": "blog.test"}
+    before, durations_before = log_metrics(host)
+    for (app, status_class), count in sent.items():
+        for _ in range(count):
+            status, _, _ = request(host, app_url(host, domain[app], paths[status_class]), via_lb(host))
+            assert f"{str(status)[0]}xx" == status_class
+    expected = {key: before.get(key, 0) + count for key, count in sent.items()}
+    for _ in range(40):  # mtail reads the log every 250 ms
+        after, durations = log_metrics(host)
+        if {key: after.get(key, 0) for key in expected} == expected:
+            break
+        time.sleep(0.25)
+    assert {key: after.get(key, 0) for key in expected} == expected
+    # No other app or status class moved (3xx of shop, say).
+    assert {key: value for key, value in after.items() if key not in expected} == {
+        key: value for key, value in before.items() if key not in expected
+    }
+    for app in domain:
+        total = sum(count for (name, _), count in sent.items() if name == app)
+        assert durations[app] == durations_before.get(app, 0) + total
+
+
 def served(host, name: str) -> tuple[str, str]:
     """The app and colour that answered a request for name."""
     status, _, body = request(host, app_url(host, name), via_lb(host))
