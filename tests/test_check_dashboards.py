@@ -270,19 +270,23 @@ def metric_names(expr: str) -> set[str]:
 
 def test_berth_metrics_in_the_dashboards_are_written_by_berth() -> None:
     """Every berth_* name the dashboards query appears in a writer's source (the release template, the backup
-    program, the certificate script), not only in the docs."""
+    program, the certificate script, the mtail program of nginx's log), not only in the docs."""
     writers = "".join(
         p.read_text()
         for p in [
             *ROOT.glob("roles/release/templates/**/*.prom.j2"),
             ROOT / "roles" / "backup" / "files" / "berth_backup.py",
             ROOT / "roles" / "node_exporter" / "files" / "berth_tls_metrics.py",
+            ROOT / "roles" / "nginx" / "files" / "etc" / "mtail" / "berth-nginx.mtail",
         ]
     )
+    # mtail's histograms are served as Prometheus's: <name>_bucket, _sum and _count
+    written_histograms = re.findall(r"^histogram (berth_[a-z_]+)", writers, flags=re.MULTILINE)
     # the backup program builds its names from a prefix and suffixes
     backup = re.findall(r'^\s+\("([a-z_]+)", "[a-z_]+", "', writers, flags=re.MULTILINE)
     written = set(re.findall(r"\bberth_[a-z_]+\b", writers))
     written |= {f"berth_backup_{s}" for s in backup} | {f"berth_backup_restore_test_{s}" for s in backup}
+    written |= {f"{name}_{part}" for name in written_histograms for part in ("bucket", "sum", "count")}
     used = {name for path in DASHBOARDS for p in cd.panels(cd.load(path)) for t in p.get("targets", [])
             for name in metric_names(t["expr"])}
     assert used, "the operations dashboard queries berth's metrics"
