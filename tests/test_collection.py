@@ -167,6 +167,17 @@ def test_a_play_of_the_project_uses_the_collection_s_filter_and_test(project: Pr
     assert recap(done.stdout)["localhost"] == {"ok": 1, "changed": 0, "unreachable": 0}
 
 
+def test_every_module_of_the_collection_is_documented(project: Project) -> None:
+    # ansible-doc reads each module's DOCUMENTATION as YAML (a ": " in its prose breaks it).
+    modules = sorted(f"{FQCN}.{p.stem}" for p in (ROOT / "plugins" / "modules").glob("*.py"))
+    assert len(modules) >= 4
+    done = project.run(str(BIN / "ansible-doc"), "--json", *modules)
+    assert done.returncode == 0, done.stdout + done.stderr
+    docs = json.loads(done.stdout)
+    assert sorted(docs) == modules
+    assert all(docs[name]["doc"]["short_description"] for name in modules)
+
+
 # --- The collection's metadata, kept in step with the repository ----------------------------------
 
 
