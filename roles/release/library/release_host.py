@@ -11,15 +11,15 @@ DOCUMENTATION = r"""
 module: release_host
 short_description: Take the release lock; read the release state, the live colour and the colours' containers
 description:
-  - Creates O(lock_dir) (mkdir is atomic: the run that creates it holds the lock). When it exists
+  - Creates O(lock_dir) (mkdir is atomic; the run that creates it holds the lock). When it exists
     already (another release holds it), fails at once with RV(lock_held); the task retries (until/
     retries), so the wait shows in Ansible's output. Not taken in check mode. If reading fails after
     the lock was taken, the lock is given back before the module fails.
   - Then reads the app's release state file (JSON), its live colour file and the colours' images from
     its compose project's .env (only the C(BLUE_IMAGE) and C(GREEN_IMAGE) lines), and inspects the
-    host's containers with the docker CLI: the state of the app's services of each colour, and every
-    image a container of any project uses.
-  - Also reads the other apps' state files: the images they still need (their colours and retained
+    host's containers with the docker CLI (the state of the app's services of each colour, and every
+    image a container of any project uses).
+  - Also reads the other apps' state files, so that the images they still need (their colours and retained
     releases) are never pruned by this app's release, even when the apps share an image.
   - Changes nothing but the lock, so it reports C(changed=false).
 options:

@@ -1,0 +1,1 @@
+../../roles/app_jobs/filter_plugins/app_jobs.py

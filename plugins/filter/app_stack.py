@@ -1,0 +1,1 @@
+../../roles/app_stack/filter_plugins/app_stack.py

@@ -1,0 +1,1 @@
+../../roles/backup/filter_plugins/backup.py

@@ -1,0 +1,1 @@
+../../roles/db_host/filter_plugins/db_host.py

@@ -1,0 +1,1 @@
+../../roles/monitoring/filter_plugins/monitoring.py

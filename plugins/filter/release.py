@@ -1,0 +1,1 @@
+../../roles/release/filter_plugins/release.py

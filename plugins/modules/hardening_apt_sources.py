@@ -1,0 +1,1 @@
+../../roles/hardening/library/hardening_apt_sources.py

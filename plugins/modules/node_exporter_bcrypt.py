@@ -1,0 +1,1 @@
+../../roles/node_exporter/library/node_exporter_bcrypt.py
