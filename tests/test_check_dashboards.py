@@ -242,8 +242,9 @@ def test_structure_problems_stop_the_evaluation(tmp_path: Path, prometheus: str)
 # --- berth's dashboards -------------------------------------------------------------------------------------
 
 
-def test_berth_ships_the_three_dashboards() -> None:
-    assert [p.name for p in DASHBOARDS] == ["berth-host.json", "berth-operations.json", "berth-site.json"]
+def test_berth_ships_its_dashboards() -> None:
+    assert [p.name for p in DASHBOARDS] == ["berth-host.json", "berth-operations.json", "berth-postgres.json",
+                                            "berth-redis.json", "berth-site.json"]
     assert cd.default_files() == DASHBOARDS
 
 

@@ -196,6 +196,63 @@ def test_mtail_is_scraped_in_plain_http_whatever_node_exporters_tls_and_basic_au
     }
 
 
+def test_each_apps_redis_instance_on_the_db_host_is_a_target_of_its_exporter() -> None:
+    hostvars = {
+        "db1": {"ansible_host": "203.0.113.20", "db_host_redis_exporter_listen_address": "10.0.0.20:9121",
+                "db_host_postgres_exporter_listen_address": "10.0.0.20:9187", "node_exporter_tls_cert": CERT,
+                "node_exporter_basic_auth_users": {"prometheus": "scrape-password", "ops": "ops-password"}},
+    }
+    plan = [
+        {"name": "shop", "data": "host", "redis": True, "db_redis_port": 20001},
+        {"name": "blog", "data": "host", "redis": False, "db_redis_port": 20003},  # no Redis
+        {"name": "jobs", "data": "local", "redis": True, "db_redis_port": 20005},  # its data on its app host
+        {"name": "wiki", "data": "host", "redis": True, "db_redis_port": 20007},
+    ]
+    found = monitoring.monitoring_exporter_targets(hostvars, {"db": ["db1"]}, "mon1", "prometheus", plan)
+    postgres, *redis = found
+    assert (postgres["job"], postgres["username"], postgres["password"]) == ("postgres", "prometheus",
+                                                                             "scrape-password")
+    # The Redis exporter knows one basic auth user: the first by name (roles/db_host).
+    assert redis == [
+        {"name": "db1", "job": "redis", "address": "10.0.0.20:9121", "tls": True, "basic_auth": True,
+         "username": "ops", "password": "ops-password", "app": app, "redis": f"redis://127.0.0.1:{port}"}
+        for app, port in (("shop", 20001), ("wiki", 20007))
+    ]
+    jobs = monitoring.monitoring_scrape_configs([], "127.0.0.1:9090", "127.0.0.1:9093", "127.0.0.1:9115",
+                                                ca_file="/etc/prometheus/ca.pem", exporters=found)
+    assert [job["job_name"] for job in jobs[:2]] == ["postgres_db1", "redis_db1"]
+    assert jobs[1] == {
+        "job_name": "redis_db1", "scheme": "https", "metrics_path": "/scrape",
+        "static_configs": [
+            {"targets": ["redis://127.0.0.1:20001"], "labels": {"instance": "db1/shop", "host": "db1", "app": "shop"}},
+            {"targets": ["redis://127.0.0.1:20007"], "labels": {"instance": "db1/wiki", "host": "db1", "app": "wiki"}},
+        ],
+        "relabel_configs": [
+            {"source_labels": ["__address__"], "target_label": "__param_target"},
+            {"target_label": "__address__", "replacement": "10.0.0.20:9121"},
+            {"target_label": "job", "replacement": "redis"},
+        ],
+        "tls_config": {"server_name": "db1", "min_version": "TLS12", "ca_file": "/etc/prometheus/ca.pem"},
+        "basic_auth": {"username": "ops", "password": "ops-password"},
+    }
+
+
+def test_no_redis_target_without_an_instance_a_reachable_or_a_running_exporter() -> None:
+    plan = [{"name": "shop", "data": "host", "redis": True, "db_redis_port": 20001}]
+    network = {"db_host_redis_exporter_listen_address": "0.0.0.0:9121", "ansible_host": "10.0.0.20"}
+    for hostvars, apps in (
+        ({"db1": network}, []),  # no app's Redis on the db host
+        ({"db1": {}}, plan),  # its default: loopback, not reachable from mon1
+        ({"db1": {**network, "db_host_redis_exporter_enabled": False}}, plan),
+    ):
+        found = monitoring.monitoring_exporter_targets(hostvars, {"db": ["db1"]}, "mon1", "prometheus", apps)
+        assert [t for t in found if t["job"] == "redis"] == [], hostvars
+    # a wildcard: the host's ansible_host; without basic auth no user
+    (found,) = [t for t in monitoring.monitoring_exporter_targets({"db1": network}, {"db": ["db1"]}, "mon1", "p", plan)
+                if t["job"] == "redis"]
+    assert (found["address"], found["basic_auth"], found["username"]) == ("10.0.0.20:9121", False, "")
+
+
 def test_target_problems() -> None:
     assert monitoring.monitoring_target_problems([], "berth", "prometheus")[0].startswith(
         "The inventory group berth (monitoring_target_group) has no host")

@@ -35,6 +35,9 @@ EXPORTERS = {
                   ("nginx_log_metrics_listen_address", "127.0.0.1:3903")),
     "postgres": ("db", ("db_host_postgres_exporter_enabled", True),
                  ("db_host_postgres_exporter_listen_address", "127.0.0.1:9187")),
+    # one target per app's Redis instance on the host (multi-target: /scrape?target=redis://...)
+    "redis": ("db", ("db_host_redis_exporter_enabled", True),
+              ("db_host_redis_exporter_listen_address", "127.0.0.1:9121")),
 }
 # Those that serve plain HTTP whatever node_exporter's settings: mtail (roles/nginx) has no TLS, no basic
 # auth (it stays on loopback or behind a firewall rule for the monitoring hosts).
@@ -120,12 +123,24 @@ def _scrape_address(listen: str, ansible_host: str, same_host: bool) -> str | No
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def monitoring_exporter_targets(hostvars: Any, groups: Any, monitoring_host: str, username: str) -> list[dict]:
+def _redis_instances(plan: Any) -> list[dict]:
+    """The Redis instances a db host runs (roles/db_host): one per app of the plan with data: host and
+    redis, on its db_redis_port."""
+    return [{"app": app["name"], "port": app["db_redis_port"]}
+            for app in plan or [] if app.get("data") == "host" and app.get("redis")]
+
+
+def monitoring_exporter_targets(hostvars: Any, groups: Any, monitoring_host: str, username: str,
+                                plan: Any = None) -> list[dict]:
     """The exporters of EXPORTERS that Prometheus can reach: nginx's on the hosts of the group app, the
-    PostgreSQL exporter on the database host (group db), each switched on and listening beyond loopback
-    (a loopback exporter on another host is not scraped: open it as node_exporter, e.g.
-    nginx_exporter_listen_address: 0.0.0.0:9113 and a firewall rule). TLS and basic auth as the host's
-    node_exporter (the exporters share its settings), except PLAIN_HTTP_EXPORTERS (mtail: nginx_log)."""
+    PostgreSQL exporter on the database host (group db), and its Redis exporter once per app's Redis
+    instance there (plan: berth_apps_plan; each such target has app and redis: the exporter's
+    /scrape target redis://127.0.0.1:<db_redis_port>, as the exporter runs beside the instance). Each
+    switched on and listening beyond loopback (a loopback exporter on another host is not scraped: open it
+    as node_exporter, e.g. nginx_exporter_listen_address: 0.0.0.0:9113 and a firewall rule). TLS and basic
+    auth as the host's node_exporter (the exporters share its settings), except PLAIN_HTTP_EXPORTERS (mtail:
+    nginx_log); the Redis exporter knows one user, the first of node_exporter_basic_auth_users by name
+    (roles/db_host), so it is scraped as that one."""
     targets = []
     for job, (group, (switch, on), (variable, default)) in EXPORTERS.items():
         for name in (groups or {}).get(group, []):
@@ -139,10 +154,15 @@ def monitoring_exporter_targets(hostvars: Any, groups: Any, monitoring_host: str
                 continue
             plain = job in PLAIN_HTTP_EXPORTERS
             users = {} if plain else settings["node_exporter_basic_auth_users"] or {}
-            targets.append({"name": name, "job": job, "address": address,
-                            "tls": not plain and bool(settings["node_exporter_tls_cert"]), "basic_auth": bool(users),
-                            "username": username if users else "",
-                            "password": users.get(username, "") if users else ""})
+            user = (sorted(users)[0] if job == "redis" else username) if users else ""
+            target = {"name": name, "job": job, "address": address,
+                      "tls": not plain and bool(settings["node_exporter_tls_cert"]), "basic_auth": bool(users),
+                      "username": user, "password": users.get(user, "") if users else ""}
+            if job != "redis":
+                targets.append(target)
+                continue
+            targets += [{**target, "app": instance["app"], "redis": f"redis://127.0.0.1:{instance['port']}"}
+                        for instance in _redis_instances(plan)]
     return targets
 
 
@@ -220,6 +240,29 @@ def _host_job(target: dict, job_label: str, ca_file: str) -> dict:
     return job
 
 
+def _redis_jobs(targets: list[dict], ca_file: str) -> list[dict]:
+    """One job per db host's Redis exporter (multi-target): each app's instance a target of its own,
+    redis://127.0.0.1:<port>, sent as /scrape?target=... to the exporter; labelled job="redis", app, host
+    and instance=<host>/<app>."""
+    jobs = []
+    for name in dict.fromkeys(target["name"] for target in targets):
+        mine = [target for target in targets if target["name"] == name]
+        job = _host_job(mine[0], "redis", ca_file)
+        job["metrics_path"] = "/scrape"
+        job["static_configs"] = [
+            {"targets": [target["redis"]],
+             "labels": {"instance": f"{name}/{target['app']}", "host": name, "app": target["app"]}}
+            for target in mine
+        ]
+        job["relabel_configs"] = [
+            {"source_labels": ["__address__"], "target_label": "__param_target"},
+            {"target_label": "__address__", "replacement": mine[0]["address"]},
+            {"target_label": "job", "replacement": "redis"},
+        ]
+        jobs.append(job)
+    return jobs
+
+
 def _blackbox_relabel(blackbox: str) -> list[dict]:
     return [
         {"source_labels": ["__address__"], "target_label": "__param_target"},
@@ -261,11 +304,13 @@ def monitoring_scrape_configs(
     blackbox probes: each host's SSH (instance and host: its inventory name), the apps' URLs
     (app_probes, from monitoring_app_probes) and each URL of probe_urls (instance: the URL); and the
     services' exporters (from monitoring_exporter_targets), one job per host as node_exporter's,
-    labelled job="<nginx|postgres>".
+    labelled job="<nginx|postgres>", and each db host's Redis exporter, one job per host with a target
+    per app's instance (job="redis", app, host).
 
     prometheus, alertmanager and blackbox are listen addresses (a wildcard is reached on loopback)."""
     configs: list[dict] = [_host_job(target, "node", ca_file) for target in targets]
-    configs += [_host_job(target, target["job"], ca_file) for target in exporters or []]
+    configs += [_host_job(target, target["job"], ca_file) for target in exporters or [] if target["job"] != "redis"]
+    configs += _redis_jobs([target for target in exporters or [] if target["job"] == "redis"], ca_file)
     blackbox_address = _connect_address(blackbox)
     configs += [
         {"job_name": "prometheus", "static_configs": [{"targets": [_connect_address(prometheus)]}]},

@@ -1,13 +1,14 @@
 #!/usr/bin/python3
-"""Test stand-in of an app on an app host (roles/backup/molecule/dbhost; not part of berth).
+"""Test stand-in of an app on an app host (roles/db_host/molecule/default; not part of berth).
 
-    standin_app.py APP PORT REDIS_PORT
+    standin_app.py APP PORT REDIS_PORT DB_HOST
 
 Answers GET /healthz on 127.0.0.1:PORT with 200 when the app's database on the db host answers (and its
 Redis instance, REDIS_PORT > 0) and 503 otherwise, as berth's demo app (tests/demo_app) does: it keeps one
 PostgreSQL session and opens a new one when the old one fails (OperationalError: e.g. a restore ended it).
 GET /stats: {"connects": sessions opened so far}. It reads the app's passwords as app_stack gives them to
-the app (here from the db host's files /etc/berth/db/APP/, the stand-in runs there) and connects over TLS.
+the app (here copies of the db host's files /etc/berth/db/APP/, which the tests put on the app host) and
+connects to the db host's address DB_HOST, PostgreSQL over TLS.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import psycopg2
 
-APP, PORT, REDIS_PORT = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+APP, PORT, REDIS_PORT, DB_HOST = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 SECRETS = Path("/etc/berth/db") / APP
 STATE: dict = {"conn": None, "connects": 0}
 
@@ -28,7 +29,7 @@ STATE: dict = {"conn": None, "connects": 0}
 def session() -> psycopg2.extensions.connection:
     if STATE["conn"] is None or STATE["conn"].closed:
         STATE["conn"] = psycopg2.connect(
-            host="127.0.0.1", port=5432, dbname=APP.replace("-", "_"), user=APP.replace("-", "_"),
+            host=DB_HOST, port=5432, dbname=APP.replace("-", "_"), user=APP.replace("-", "_"),
             password=(SECRETS / "postgres-password").read_text().strip(), sslmode="require", connect_timeout=3)
         STATE["conn"].autocommit = True
         STATE["connects"] += 1
@@ -51,7 +52,7 @@ def redis_answers() -> bool:
         return True
     password = (SECRETS / "redis-password").read_text().strip()
     try:
-        with socket.create_connection(("127.0.0.1", REDIS_PORT), timeout=3) as conn:
+        with socket.create_connection((DB_HOST, REDIS_PORT), timeout=3) as conn:
             conn.sendall(f"AUTH {password}\r\nPING\r\n".encode())
             reply = b""
             while reply.count(b"\r\n") < 2:

@@ -1,10 +1,11 @@
-"""What a user of the backup role observes on the database host (converge.yml: roles db_host + backup).
+"""What a user of the backup role observes on the database host (converge.yml: roles db_host + backup; these
+tests were the backup role's own db host scenario, folded into this one).
 
 Two apps keep their data on the db host (data: host): shop (its database and its own Redis instance) and
 blog (its database only). Rows are written into their databases and keys into shop's Redis, the backup is
 taken by playbooks/backup-now.yml (a snapshot per app, and its restore test on this host's PostgreSQL and a
 scratch redis-server), a table is dropped and keys changed, and playbooks/restore.yml -e app=shop brings
-them back while shop's stand-in on the "app host" keeps running, reconnects, and answers the health check
+them back while shop's stand-in on the app host keeps running, reconnects, and answers the health check
 the playbook makes there. The database replaced is kept under its before_restore name, and dropped as
 docs/disaster-recovery.md says. Timings land in artifacts/molecule/backup-dbhost-timings.json (git-ignored).
 """
@@ -19,12 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
+import testinfra
 
-testinfra_hosts = ["berth-backup-dbhost"]
+testinfra_hosts = ["berth-dbhost-trixie"]
 
 ROOT = Path(__file__).resolve().parents[5]
-HOST = "berth-backup-dbhost"
-APP_HOST = "berth-backup-dbhost-app"
+HOST = "berth-dbhost-trixie"
+APP_HOST = "berth-dbhost-client"
 PROGRAM = "/usr/local/sbin/berth-backup"
 STATE = "/var/lib/berth/backup"
 METRICS = "/var/lib/prometheus/node-exporter/berth_backup.prom"
@@ -45,6 +47,12 @@ SHOP_GREEN = SHOP_BLUE + 1
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client() -> testinfra.host.Host:
+    """The app host, where shop's stand-in runs."""
+    return testinfra.get_host(f"ansible://{APP_HOST}?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}")
 
 
 def playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
@@ -119,7 +127,7 @@ def metric(host, path: str, name: str, app: str) -> float:
     return float(found.group(1))
 
 
-def standin(host, path: str) -> tuple[int, str]:
+def standin(client, path: str) -> tuple[int, str]:
     """GET the stand-in of shop on the app host (shop's live colour, green)."""
     script = (
         "import sys, urllib.request, urllib.error\n"
@@ -131,18 +139,25 @@ def standin(host, path: str) -> tuple[int, str]:
         "except OSError as e:\n"
         "    print(0, e)\n"
     )
-    status, body = host.check_output(f"python3 -c {shlex.quote(script)}").split(" ", 1)
+    status, body = client.check_output(f"python3 -c {shlex.quote(script)}").split(" ", 1)
     return int(status), body
 
 
-def start_standin(host) -> None:
-    host.run("systemctl stop berth-standin-shop; systemctl reset-failed berth-standin-shop")
-    host.check_output(f"systemd-run --unit berth-standin-shop --property Restart=no /usr/bin/python3 "
-                      f"/usr/local/lib/berth-test/standin_app.py shop {SHOP_GREEN} {SHOP_BLUE}")
-    host.check_output("install -d -m 0755 /var/lib/berth/apps/shop")
-    host.check_output("echo green > /var/lib/berth/apps/shop/live-colour")
+def start_standin(host, client) -> None:
+    """shop's stand-in on the app host, with copies of shop's passwords (as app_stack would give them to
+    the app), connecting to the db host's address on the scenario network."""
+    address = host.check_output("ip -4 -o addr show dev eth0 | awk '{print $4; exit}'").split("/")[0]
+    client.check_output("install -d -m 0700 /etc/berth/db/shop")
+    for name in ("postgres-password", "redis-password"):
+        secret = host.file(f"/etc/berth/db/shop/{name}").content_string
+        client.check_output(f"umask 077 && printf %s {shlex.quote(secret)} > /etc/berth/db/shop/{name}")
+    client.run("systemctl stop berth-standin-shop; systemctl reset-failed berth-standin-shop")
+    client.check_output(f"systemd-run --unit berth-standin-shop --property Restart=no /usr/bin/python3 "
+                        f"/usr/local/lib/berth-test/standin_app.py shop {SHOP_GREEN} {SHOP_BLUE} {address}")
+    client.check_output("install -d -m 0755 /var/lib/berth/apps/shop")
+    client.check_output("echo green > /var/lib/berth/apps/shop/live-colour")
     deadline = time.monotonic() + 30
-    while standin(host, "/healthz")[0] != 200:
+    while standin(client, "/healthz")[0] != 200:
         assert time.monotonic() < deadline, "the stand-in of shop never became healthy"
         time.sleep(0.5)
 
@@ -244,14 +259,14 @@ def test_a_backup_with_an_apps_redis_down_fails_naming_it_and_still_backs_up_the
 @pytest.mark.parametrize(
     ("extra", "says"),
     [
-        (["-e", "app=shop"], "A restore replaces the live data of an app on berth-backup-dbhost"),
+        (["-e", "app=shop"], f"A restore replaces the live data of an app on {HOST}"),
         (["-e", f"backup_restore_confirm={HOST}", "-e", "app=wiki"],
          'There is no app \\"wiki\\" on this host; its apps: shop, blog'),
         (["-e", f"backup_restore_confirm={HOST}", "-e", "app=shop", "-e", '{"backup_restore_components": ["volumes"]}'],
-         "App shop has none of the components asked for (volumes) on the db host berth-backup-dbhost: it has "
+         f"App shop has none of the components asked for (volumes) on the db host {HOST}: it has "
          "postgres, redis."),
         (["-e", f"backup_restore_confirm={HOST}"],
-         "Name the app to restore with -e app=NAME: the db host berth-backup-dbhost has 2 apps (shop, blog)."),
+         f"Name the app to restore with -e app=NAME: the db host {HOST} has 2 apps (shop, blog)."),
     ],
 )
 def test_restore_refuses_before_any_change(host, extra, says):
@@ -261,12 +276,12 @@ def test_restore_refuses_before_any_change(host, extra, says):
     assert "Look for the backup program" not in done.stdout
 
 
-def test_restore_brings_back_a_dropped_table_while_the_app_runs_and_keeps_the_old_database(host):
+def test_restore_brings_back_a_dropped_table_while_the_app_runs_and_keeps_the_old_database(host, client):
     backed_up = visits_digest(host)
     keys = redis_keys(host)
     assert len(keys) == KEYS
-    start_standin(host)
-    connects = json.loads(standin(host, "/stats")[1])["connects"]
+    start_standin(host, client)
+    connects = json.loads(standin(client, "/stats")[1])["connects"]
     # The damage, after the backup: shop's table dropped and its keys changed; blog gets a row (it must keep it).
     as_app(host, "DROP TABLE visits;", "shop")
     redis(host, "DEL", "key:1")
@@ -281,9 +296,8 @@ def test_restore_brings_back_a_dropped_table_while_the_app_runs_and_keeps_the_ol
     record = read_json(host, f"{STATE}/last-restore.json")
     timing("restore_run_seconds", record["seconds"])
     timing("restore_swap_seconds", record["postgres"]["swap_seconds"])
-    # The playbook asked the app host for shop's health on its live colour (Ansible names the delegated host and,
-    # as it differs, its ansible_host: here the same container).
-    assert f"ok: [{HOST} -> {APP_HOST}({HOST})]" in done.stdout
+    # The playbook asked the app host for shop's health on its live colour (Ansible names the delegated host).
+    assert f"ok: [{HOST} -> {APP_HOST}]" in done.stdout
     assert f"http://127.0.0.1:{SHOP_GREEN}/healthz" in done.stdout
 
     assert visits_digest(host) == backed_up
@@ -304,8 +318,8 @@ def test_restore_brings_back_a_dropped_table_while_the_app_runs_and_keeps_the_ol
     assert host.file(record["redis"]["kept"]).is_directory
     assert host.file("/var/lib/redis/shop/appendonlydir").is_directory
     # The stand-in kept running and opened a new session (the restore ended its old one).
-    assert standin(host, "/healthz")[0] == 200
-    assert json.loads(standin(host, "/stats")[1])["connects"] > connects
+    assert standin(client, "/healthz")[0] == 200
+    assert json.loads(standin(client, "/stats")[1])["connects"] > connects
     # The instance restarts on its append-only file with the restored keys.
     host.check_output("systemctl restart redis-server@shop")
     deadline = time.monotonic() + 30
@@ -317,8 +331,8 @@ def test_restore_brings_back_a_dropped_table_while_the_app_runs_and_keeps_the_ol
         assert secret not in done.stdout + done.stderr
 
 
-def test_a_restore_fails_when_an_app_host_does_not_answer(host):
-    host.check_output("systemctl stop berth-standin-shop")
+def test_a_restore_fails_when_an_app_host_does_not_answer(host, client):
+    client.check_output("systemctl stop berth-standin-shop")
     done = restore("-e", "app=shop", "-e", "backup_wait_timeout=10")
     assert done.returncode == 2
     assert f"{APP_HOST}: http://127.0.0.1:{SHOP_GREEN}/healthz" in done.stdout
