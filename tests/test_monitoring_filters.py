@@ -286,8 +286,9 @@ def test_receivers_become_one_receiver_with_every_channel() -> None:
     assert berth["webhook_configs"] == [{"url": "https://hooks.example.com/berth", "send_resolved": True}]
     assert berth["slack_configs"] == [{"api_url": "https://chat.example.com/hooks/xyz", "send_resolved": True,
                                        "channel": "#ops"}]
-    # a host down silences the other alerts of the same host
-    assert config["inhibit_rules"] == [{"source_matchers": ['alertname="BerthHostDown"'],
+    # a host down silences the other alerts of the same host; one without a host label, nothing (alerts
+    # without `host` would otherwise count as the same host)
+    assert config["inhibit_rules"] == [{"source_matchers": ['alertname="BerthHostDown"', 'host=~".+"'],
                                         "target_matchers": ['alertname!="BerthHostDown"'], "equal": ["host"]}]
 
 

@@ -394,7 +394,8 @@ def monitoring_alertmanager_config(
     """Alertmanager's configuration: one route to one receiver holding every configured channel, grouped
     by alertname and instance, resolved notifications on, and a host down silencing that host's other
     alerts: every alert with the same `host` label (its node_exporter's and SSH probe's, and the probes of
-    the sites it alone serves; monitoring_scrape_configs sets the label)."""
+    the sites it alone serves; monitoring_scrape_configs sets the label). A host-down alert without a
+    `host` label silences nothing."""
     channels: dict[str, list[dict]] = {"email_configs": [], "webhook_configs": [], "slack_configs": []}
     for receiver in receivers:
         kind = receiver["type"]
@@ -429,7 +430,11 @@ def monitoring_alertmanager_config(
         "receivers": [berth],
         "inhibit_rules": [
             {
-                "source_matchers": [f'alertname="{HOST_DOWN_ALERT}"'],
+                # Only a host-down alert that names its host: Alertmanager takes a label missing on both
+                # sides as equal, so one without `host` (a target berth did not configure, e.g. the
+                # package's default localhost:9100 until the first restart) would silence every alert
+                # without it, the probe_urls sites' among them.
+                "source_matchers": [f'alertname="{HOST_DOWN_ALERT}"', 'host=~".+"'],
                 "target_matchers": [f'alertname!="{HOST_DOWN_ALERT}"'],
                 "equal": ["host"],
             }

@@ -11,12 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import SERVER, TARGET, api, get_host, query, records, wait_for
+from conftest import EXPORTERS, SERVER, TARGET, address, api, get_host, query, records, wait_for
 
 testinfra_hosts = [SERVER]
 
-POOLS = {f"node_{TARGET}", "prometheus", "alertmanager", "blackbox", "blackbox_ssh", "blackbox_https"}
+POOLS = {f"node_{name}" for name in EXPORTERS} | {
+    "prometheus", "alertmanager", "blackbox", "blackbox_ssh", "blackbox_https"}
 SITE = "https://localhost:8443/"
+EXPIRING_SITE = "https://localhost:8444/"  # prepare.yml: its certificate expires in 5 days
 
 
 def test_services_listen_on_loopback_only(host):
@@ -46,7 +48,7 @@ def test_every_target_is_up(host):
     [node] = [t for t in active if t["scrapePool"] == f"node_{TARGET}"]
     # over TLS (the certificate checked against the test CA and the host's inventory name), with basic
     # auth, labelled as berth's rules expect
-    assert node["scrapeUrl"] == f"https://{TARGET}:9100/metrics"
+    assert node["scrapeUrl"] == f"https://{address(TARGET)}:9100/metrics"
     assert node["labels"]["job"] == "node" and node["labels"]["instance"] == TARGET
 
 
@@ -154,6 +156,44 @@ def test_host_down_reaches_webhook_and_mail_then_resolves(capsys):
     directory = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
     if directory:
         Path(directory, "time-to-alert.txt").write_text(figures + "\n")
+
+
+def test_a_certificate_expiring_as_served_reaches_webhook_and_mail(capsys):
+    """The site on 8444 serves a certificate that expires in 5 days: BerthSiteCertificateExpiring (within
+    14 days; for: 5s in the scenario) for that URL reaches the webhook and the mail; the site on 8443, whose
+    certificate has 30 days, raises none. The alert has fired since the converge: the site is stopped until
+    Prometheus no longer has the alert, then started, so the clock starts when the certificate is served
+    again."""
+    server = get_host(SERVER)
+
+    def active() -> list[dict]:
+        return [a for a in api(server, "v1/alerts")["alerts"]
+                if a["labels"]["alertname"] == "BerthSiteCertificateExpiring"]
+
+    server.check_output("systemctl stop berth-test-expiring-site")
+    try:
+        wait_for(lambda: not active(), 30, "BerthSiteCertificateExpiring gone while the site is down")
+    finally:
+        served = time.time()
+        server.check_output("systemctl start berth-test-expiring-site")
+
+    def webhook() -> tuple[float, list[dict]] | None:
+        for record in records(server, "webhook"):
+            alerts = [a for a in record["body"]["alerts"] if a["status"] == "firing"
+                      and a["labels"].get("alertname") == "BerthSiteCertificateExpiring"]
+            if record["received"] > served and alerts:
+                return record["received"], alerts
+        return None
+
+    received, alerts = wait_for(webhook, 60, "BerthSiteCertificateExpiring at the webhook")
+    assert {a["labels"]["instance"] for a in alerts} == {EXPIRING_SITE}
+    assert {a["labels"]["instance"] for a in active()} == {EXPIRING_SITE}
+    mailed = wait_for(lambda: next((t for t, s in subjects(served) if s.startswith("[FIRING")
+                                    and "BerthSiteCertificateExpiring" in s and EXPIRING_SITE in s), None),
+                      60, "BerthSiteCertificateExpiring by mail")
+    with capsys.disabled():
+        print("\ntime to alert (BerthSiteCertificateExpiring, for: 5s, probe/evaluation 2s, group_interval 5s): "
+              f"webhook {received - served:.1f} s, mail {mailed - served:.1f} s after the site is served again")
 
 
 @pytest.mark.parametrize("name", ["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter"])

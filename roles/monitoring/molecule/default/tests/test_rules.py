@@ -1,5 +1,5 @@
-"""The rule files the role installs pass their promtool unit tests with the monitoring host's promtool:
-berth's (roles/node_exporter/files/prometheus) and the role's own (files/prometheus)."""
+"""The rule files the role installs pass promtool's check and their promtool unit tests with the monitoring
+host's promtool: berth's (roles/node_exporter/files/prometheus) and the role's own (files/prometheus)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from conftest import SERVER
 
 testinfra_hosts = [SERVER]
 ROLES = Path(__file__).resolve().parents[4]
+# rules per file (promtool check rules)
+RULES = {"berth-alerts": 24, "berth-monitoring-alerts": 6}
 FILES = {
     "berth-alerts": ROLES / "node_exporter" / "files" / "prometheus",
     "berth-monitoring-alerts": ROLES / "monitoring" / "files" / "prometheus",
@@ -21,5 +23,7 @@ def test_promtool_unit_tests_pass(host, name):
     host.check_output("install -d -m 0700 /root/promtool-tests")
     for path in (FILES[name] / f"{name}.yml", FILES[name] / f"{name}.test.yml"):
         host.ansible("copy", f"src={path} dest=/root/promtool-tests/{path.name} mode=0644", check=False)
+    checked = host.run(f"promtool check rules /root/promtool-tests/{name}.yml")
+    assert checked.rc == 0 and f"SUCCESS: {RULES[name]} rules found" in checked.stdout, checked.stdout + checked.stderr
     result = host.run(f"cd /root/promtool-tests && promtool test rules {name}.test.yml")
-    assert result.rc == 0, result.stdout + result.stderr
+    assert result.rc == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr

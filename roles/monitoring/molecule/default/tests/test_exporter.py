@@ -1,4 +1,4 @@
-"""What an admin sees on the exporter hosts: the service, its sandbox, its files and its metrics files."""
+"""What an admin sees on the berth hosts (node_exporter): the service, its sandbox, its files and its metrics files."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import shlex
 import ssl
 
 import pytest
-from conftest import PASSWORD, PROMETHEUS, TEXTFILE_DIR, address
+from conftest import PASSWORD, SERVER, TEXTFILE_DIR, address
 
-testinfra_hosts = ["exporters"]
+testinfra_hosts = ["berth"]
 
 SERVICE = "prometheus-node-exporter"
 APT_SERVICE = "prometheus-node-exporter-apt"
@@ -189,7 +189,7 @@ def test_no_systemd_unit_failed(host):
 @pytest.mark.parametrize("family", ["ip", "ip6"])
 def test_firewall_opens_9100_to_the_listed_sources_only(host, family):
     rules = host.check_output("nft list chain inet berth input")
-    source = {"ip": address(PROMETHEUS), "ip6": "2001:db8:9100::/48"}[family]
+    source = {"ip": address(SERVER), "ip6": "2001:db8:9100::/48"}[family]
     assert f'{family} saddr {source} tcp dport 9100 accept comment "Prometheus"' in rules
     assert re.search(r"policy drop;", rules)
     # 9100 appears in no other rule of the chain.
