@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
-from dashboards import check_command, expected_counts, install_command
+from dashboards import evaluate
 from prometheus_api import api, get_host, mailed, notified, query, wait_for
 
 HOST, MONITOR = "berth-site-trixie", "berth-site-probe"
@@ -124,16 +124,9 @@ def test_every_panel_of_the_site_and_operations_dashboards_finds_series(host, ca
     collector, which the example leaves off: it is evaluated in the monitoring role's scenario.)"""
     app = get_host(HOST)
     app.check_output("systemctl start berth-backup-verify.service")
-    names = ["berth-site.json", "berth-operations.json"]
-    command = check_command(names)
-    last = host.run(f"{install_command(names)} && {command}")
-    result = last if last.rc == 0 else wait_for(lambda: (r := host.run(command)).rc == 0 and r, 60,
-                                                f"every panel finds series:\n{last.stdout}{last.stderr}")
-    panels, queries = expected_counts(names)
-    assert result.stdout.splitlines()[-1] == (f"2 dashboards, {panels} panels, {queries} queries, 0 failed "
-                                              "(evaluated against http://127.0.0.1:9090)"), result.stdout
+    summary = evaluate(host, ["berth-site.json", "berth-operations.json"])
     figure(capsys, "site and operations dashboards evaluated against the whole site's Prometheus: "
-                   f"{result.stdout.splitlines()[-1]}")
+                   f"{summary}")
 
 
 def test_the_monitoring_services_are_closed_to_the_network(host):
