@@ -4,7 +4,7 @@ the system packages and a running Docker engine for local test hosts.
 
 Re-runnable: every step checks first and does nothing when already done (a warm run takes ~1 s).
 
-    scripts/setup.py            # .venv + collections (what a user needs to run site.yml)
+    scripts/setup.py            # .venv, collections and .venv/bin/berth (what a user needs to run site.yml)
     scripts/setup.py --engine   # also debootstrap, Docker engine installed and started (tests, demo)
 """
 
@@ -42,6 +42,20 @@ def ensure_venv() -> str:
     pip = [str(VENV_BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
     run([*pip, "install", "-r", str(REQUIREMENTS)])
     stamp.write_text(key)
+    return "installed"
+
+
+def ensure_command() -> str:
+    """.venv/bin/berth: the command-line entry (scripts/berth.py) with the venv's Python."""
+    entry = VENV_BIN / "berth"
+    text = (
+        "#!/bin/sh\n# berth's command-line entry (written by scripts/setup.py)\n"
+        f'exec "{VENV_BIN / "python"}" "{ROOT / "scripts" / "berth.py"}" "$@"\n'
+    )
+    if entry.exists() and entry.read_text() == text:
+        return "up to date"
+    entry.write_text(text)
+    entry.chmod(0o755)
     return "installed"
 
 
@@ -134,6 +148,7 @@ def main() -> None:
         sys.exit("berth: python3 is required")
     log(f"virtualenv {VENV.relative_to(ROOT)}: {ensure_venv()}")
     log(f"collections: {ensure_collections()}")
+    log(f"command {(VENV_BIN / 'berth').relative_to(ROOT)}: {ensure_command()}")
 
 
 if __name__ == "__main__":

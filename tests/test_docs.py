@@ -11,7 +11,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-import ci_run
+import berth
 import pytest
 import yaml
 from conftest import ROOT
@@ -140,7 +140,7 @@ SAMPLES = {
 
 
 class RunnerStartError(Exception):
-    """Raised by the stand-in for ansible_runner.run: ci_run.py accepted its arguments."""
+    """Raised by the stand-in for ansible_runner.run: berth.py accepted its arguments."""
 
 
 def workflow() -> dict[str, Any]:
@@ -165,14 +165,16 @@ def script_commands() -> list[tuple[str, list[str]]]:
     for step in steps():
         env = {k: expand(str(v), {}) for k, v in {**job.get("env", {}), **step.get("env", {})}.items()}
         for line in step.get("run", "").splitlines():
-            if "scripts/" in line:
+            if "scripts/" in line or ".venv/bin/berth" in line:
                 found.append((step["name"], shlex.split(expand(line, env))))
     return found
 
 
 def script_of(argv: list[str]) -> tuple[Path, list[str]]:
-    index = next(i for i, word in enumerate(argv) if word.startswith("scripts/"))
-    return ROOT / argv[index], argv[index + 1 :]
+    """The project's script a command runs (.venv/bin/berth is scripts/berth.py) and its arguments."""
+    index = next(i for i, word in enumerate(argv) if word.startswith("scripts/") or word == ".venv/bin/berth")
+    script = "scripts/berth.py" if argv[index] == ".venv/bin/berth" else argv[index]
+    return ROOT / script, argv[index + 1 :]
 
 
 def test_workflow_triggers() -> None:
@@ -196,7 +198,7 @@ def test_workflow_keeps_secrets_out_of_commands() -> None:
 
 def test_workflow_calls_existing_scripts() -> None:
     commands = script_commands()
-    assert {script_of(argv)[0].name for _, argv in commands} == {"setup.py", "ci_run.py"}
+    assert {script_of(argv)[0].name for _, argv in commands} == {"setup.py", "berth.py"}
     for _, argv in commands:
         script, args = script_of(argv)
         assert script.is_file()
@@ -206,7 +208,7 @@ def test_workflow_calls_existing_scripts() -> None:
 
 
 def run_ci_entry(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """ci_run.py's own argument parsing, up to the point where it would start ansible-runner."""
+    """berth.py's own argument parsing, up to the point where it would start ansible-runner."""
     calls: list[dict[str, Any]] = []
 
     def run(**kwargs: Any) -> None:
@@ -215,16 +217,16 @@ def run_ci_entry(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, 
 
     monkeypatch.setitem(sys.modules, "ansible_runner", types.SimpleNamespace(run=run))
     with pytest.raises(RunnerStartError):
-        ci_run.main(argv)
+        berth.main(argv)
     return calls[0]
 
 
 def test_workflow_ci_runs_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
-    runs = {name: argv for name, argv in script_commands() if script_of(argv)[0].name == "ci_run.py"}
+    runs = {name: argv for name, argv in script_commands() if script_of(argv)[0].name == "berth.py"}
     assert len(runs) == 3
     seen = {}
     for name, argv in runs.items():
-        assert argv[0] == ".venv/bin/python", "ci_run.py needs the virtualenv (ansible_runner)"
+        assert argv[0] == ".venv/bin/berth", "berth needs the virtualenv (ansible_runner): setup.py's .venv/bin/berth"
         kwargs = run_ci_entry(script_of(argv)[1], monkeypatch)
         assert (ROOT / kwargs["playbook"]).is_file()
         assert Path(kwargs["inventory"]) == ROOT / "inventories" / "production"

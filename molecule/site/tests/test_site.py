@@ -196,18 +196,19 @@ def test_metrics_are_closed_to_everybody_else(host, address, stranger, port):
 SECRET = "v9-secret-7731"
 
 
-def ci_run(artifacts: Path, playbook: str, *extra: str) -> subprocess.CompletedProcess:
-    """scripts/ci_run.py on the user's inventory, with the vault password as docs/ci.md passes it."""
-    argv = [sys.executable, str(PROJECT / "scripts" / "ci_run.py"), playbook, "-i", str(USER_INVENTORY)]
-    argv += ["--artifacts", str(artifacts), "--secret-env", "BERTH_CI_TEST_TOKEN", *extra]
+def berth(artifacts: Path, *command: str) -> subprocess.CompletedProcess:
+    """The berth command (.venv/bin/berth, installed by setup.py) on the user's inventory, with the vault
+    password as docs/ci.md passes it."""
+    argv = [str(PROJECT / ".venv" / "bin" / "berth"), "-i", str(USER_INVENTORY), "--artifacts", str(artifacts)]
+    argv += ["--secret-env", "BERTH_CI_TEST_TOKEN", *command]
     env = dict(os.environ, BERTH_CI_TEST_TOKEN=SECRET, ANSIBLE_VAULT_PASSWORD_FILE=str(VAULT_PASSWORD))
     return subprocess.run(argv, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
 def test_ci_entry_runs_a_deploy_for_real(tmp_path):
-    # scripts/ci_run.py through ansible-runner: deploy.yml of the live version (a real run that finds
+    # `berth deploy` through ansible-runner: deploy.yml of the live version (a real run that finds
     # nothing to switch), with progress lines, a summary and JUnit XML.
-    done = ci_run(tmp_path, "playbooks/deploy.yml", "-e", "app=shop", "-e", "app_version=v1")
+    done = berth(tmp_path, "deploy", "shop", "v1")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert APP_HOST in done.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -218,8 +219,8 @@ def test_ci_entry_runs_a_deploy_for_real(tmp_path):
 
 
 def test_ci_entry_fails_a_bad_rollback_and_masks_the_secret(tmp_path):
-    # The version asked for is the secret: the role's failure message names it, ci_run must mask it.
-    done = ci_run(tmp_path, "playbooks/rollback.yml", "-e", "app=shop", "-e", f"app_version={SECRET}")
+    # The version asked for is the secret: the role's failure message names it, berth must mask it.
+    done = berth(tmp_path, "rollback", "shop", SECRET)
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "******** is not a retained release" in summary["failures"][0]["message"]
