@@ -170,13 +170,31 @@ class Progress:
         return suites
 
 
-def parse_extravars(pairs: list[str]) -> dict[str, str]:
-    extravars = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"berth: -e expects key=value, got {pair!r}")
-        extravars[key] = value
+def parse_extravars(items: list[str]) -> dict[str, Any]:
+    """-e values as ansible-playbook takes them: KEY=VALUE, @FILE (YAML or JSON) or a JSON object."""
+    extravars: dict[str, Any] = {}
+    for item in items:
+        if item.startswith("@"):
+            import yaml  # ansible's own dependency: in the venv
+
+            try:
+                loaded = yaml.safe_load(Path(item[1:]).read_text())
+            except (OSError, yaml.YAMLError) as error:
+                raise SystemExit(f"berth: -e {item}: {error}") from None
+            if not isinstance(loaded, dict):
+                raise SystemExit(f"berth: -e {item}: the file must hold a mapping of variables")
+            extravars.update(loaded)
+        elif item.lstrip().startswith("{"):
+            try:
+                loaded = json.loads(item)
+            except json.JSONDecodeError as error:
+                raise SystemExit(f"berth: -e expects key=value, @file or a JSON object: {error}") from None
+            extravars.update(loaded)
+        else:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise SystemExit(f"berth: -e expects key=value, @file or a JSON object, got {item!r}")
+            extravars[key] = value
     return extravars
 
 

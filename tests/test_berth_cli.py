@@ -94,10 +94,14 @@ def test_artifacts_describe_the_run(tmp_path: Path) -> None:
     assert suite.find("testcase/failure").get("message") == "db down"
 
 
-def test_extravars_parsing() -> None:
+def test_extravars_parsing(tmp_path: Path) -> None:
     assert berth.parse_extravars(["app_version=1.2", "x=a=b"]) == {"app_version": "1.2", "x": "a=b"}
-    with pytest.raises(SystemExit):
-        berth.parse_extravars(["novalue"])
+    (tmp_path / "secrets.yml").write_text("db_password: s3cr3t\nn: 2\n")
+    found = berth.parse_extravars([f"@{tmp_path}/secrets.yml", '{"k": [1]}'])
+    assert found == {"db_password": "s3cr3t", "n": 2, "k": [1]}
+    for bad in (["novalue"], ["@/nonexistent.yml"], ["{not json"]):
+        with pytest.raises(SystemExit, match="-e"):
+            berth.parse_extravars(bad)
 
 
 def test_secret_looking_extravars_are_masked() -> None:
