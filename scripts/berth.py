@@ -246,9 +246,13 @@ def plan(args: argparse.Namespace) -> Run:
             if args.since:
                 found["logs_since"] = args.since
             if args.worker is not None:
-                found["logs_worker"] = args.worker
-            if args.job:
-                found["logs_job"] = args.job
+                found["logs_process"] = "worker"
+                if args.worker:
+                    found["logs_worker"] = args.worker
+            if args.job is not None:
+                found["logs_process"] = "job"
+                if args.job:
+                    found["logs_job"] = args.job
             return Run("playbooks/logs.yml", found, quiet=True)
         case "exec":
             if not args.argv:
@@ -374,7 +378,7 @@ def parser() -> argparse.ArgumentParser:
     logs = command("logs", "an app's logs: its live web (default), workers or a job")
     logs.add_argument("app")
     logs.add_argument("--worker", nargs="?", const="", help="the workers' logs (all, or the worker NAME)")
-    logs.add_argument("--job", help="the job NAME's logs")
+    logs.add_argument("--job", nargs="?", const="", help="the jobs' logs (all, or the job NAME)")
     logs.add_argument("--since", help="e.g. 10m, 2h, or a timestamp")
     logs.add_argument("--tail", type=int, default=100, help="last lines of each container (default 100)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (one host)")
@@ -442,30 +446,39 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+# The time at the start of a log line: docker's (…Z, nanoseconds) or journalctl's short-iso-precise (…+00:00).
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]00:00)")
+
+
+def utc_stamp(text: str) -> str:
+    """A log line's UTC timestamp as logs_since takes it (…Z), padded so that stamps sort by time."""
+    whole, _, fraction = text.removesuffix("Z").removesuffix("+00:00").removesuffix("-00:00").partition(".")
+    return f"{whole}.{fraction.ljust(9, '0')}Z"
+
+
 def follow_logs(args: argparse.Namespace, run: Run, extravars: dict[str, Any], secrets: list[str]) -> int:
-    """Follow an app's logs on one host: the logs playbook again every 2 s, for the lines since the last run."""
+    """Follow an app's logs on one host: the logs playbook again every 2 s, from the newest timestamp seen
+    (every line carries one); the lines of that same instant that were printed already are skipped."""
     if not args.limit:
         raise SystemExit("berth logs --follow: name one host with --limit")
-    seen: set[str] = set()
-    since = args.since or "1m"
+    since, printed = args.since or "1m", set()
     while True:
-        started = time.time()
         progress = Progress(secrets=secrets, quiet=True)
         status, _ = run_playbook(
-            Run(run.playbook, {**run.extravars, "logs_since": since, "logs_timestamps": True}, quiet=True),
+            Run(run.playbook, {**run.extravars, "logs_since": since}, quiet=True),
             inventory=args.inventory, limit=args.limit, extravars=extravars, check=False, diff=False, progress=progress,
             vault_password_file=args.vault_password_file,
         )
         if (code := progress.exit_code(status)) != EXIT_OK:
             return code
-        lines = [line for report in progress.reports() for line in report.splitlines()]
+        lines = [line for report in progress.reports() for line in report.splitlines() if TIMESTAMP.search(line)]
         for line in lines:
-            if line not in seen:
+            if line not in printed:
                 print(line, flush=True)
-        # The next run asks for the lines from shortly before this one started (docker's --since takes a
-        # Unix time); the lines the last run printed are not printed again.
-        seen = set(lines)
-        since = f"{started - 2:.0f}"
+        stamps = {line: utc_stamp(TIMESTAMP.search(line).group(0)) for line in lines}  # type: ignore[union-attr]
+        if stamps:
+            since = max(stamps.values())
+            printed = {line for line, stamp in stamps.items() if stamp == since}
         time.sleep(2)
 
 

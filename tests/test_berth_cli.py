@@ -124,9 +124,12 @@ def test_each_command_maps_to_its_playbook() -> None:
     assert plan("status", "shop", "--json").extravars == {"app": "shop", "status_format": "json"}
     assert plan("audit", "--lines", "5").extravars == {"audit_lines": 5, "audit_format": "text"}
     assert plan("logs", "shop", "--worker", "--since", "10m").extravars == {
-        "app": "shop", "logs_tail": 100, "logs_since": "10m", "logs_worker": ""
+        "app": "shop", "logs_tail": 100, "logs_since": "10m", "logs_process": "worker"
     }
-    assert plan("logs", "shop", "--job", "report").extravars["logs_job"] == "report"
+    assert plan("logs", "shop", "--worker", "default").extravars["logs_worker"] == "default"
+    assert plan("logs", "shop", "--job", "report").extravars == {
+        "app": "shop", "logs_tail": 100, "logs_process": "job", "logs_job": "report"
+    }
     assert plan("lock", "shop", "hold", "--why", "db upgrade").extravars == {
         "app": "shop", "lock_action": "hold", "lock_why": "db upgrade"
     }
@@ -172,3 +175,12 @@ def test_quiet_runs_print_only_failures_and_the_reports() -> None:
     progress.secrets = ["s3"]
     assert progress.reports() == ["shop: live blue v2\ntoken ********"]
     assert berth.exec_exit_code(progress) == 3
+
+
+def test_log_timestamps_sort_by_time_whatever_their_form() -> None:
+    docker = "web-blue-1  | 2026-11-27T14:03:11.123456789Z GET /"
+    journal = "2026-11-27T14:03:11.5+00:00 berth-job-shop-report[1]: done"
+    found = [berth.utc_stamp(berth.TIMESTAMP.search(line).group(0)) for line in (docker, journal)]
+    assert found == ["2026-11-27T14:03:11.123456789Z", "2026-11-27T14:03:11.500000000Z"]
+    assert sorted(found) == found
+    assert berth.utc_stamp("2026-11-27T14:03:11Z") < found[0]
