@@ -217,6 +217,8 @@ def test_the_edge_check_goes_through_nginx_by_the_first_domain() -> None:
     assert behind[-5:] == ["-H", "X-Forwarded-Proto: https", "--resolve", "shop.example.com:80:127.0.0.1",
                            "http://shop.example.com/"]
     assert apps.edge_check_argv(blog, "/") == []
+    # Through an app's maintenance page to the app itself (nginx honours it from loopback only).
+    assert ["-H", "X-Berth-Edge-Check: 1"] == behind[8:10] == apps.edge_check_argv(shop, "/")[8:10]
 
 
 def test_the_jobs_run_on_the_first_app_host_only() -> None:

@@ -40,6 +40,17 @@ SPOILT: dict[str, dict] = {
     "drain file is a directory": {"nginx_drain_file": "/var/lib/berth/"},
     "drain file with a brace": {"nginx_drain_file": "/var/lib/berth/d}"},
     "drain without nginx_drain": {"entry_point": "drain"},
+    # Maintenance: its page and Retry-After, and the entry point's choice of the app (as the release's).
+    "valid maintenance settings": {"nginx_maintenance_retry_after": 0, "nginx_maintenance_page": "<h1>Back at 5</h1>"},
+    "maintenance Retry-After negative": {"nginx_maintenance_retry_after": -1},
+    "maintenance Retry-After over a day": {"nginx_maintenance_retry_after": 86401},
+    "maintenance page empty": {"nginx_maintenance_page": " \n"},
+    "maintenance of an unknown app": {"entry_point": "maintenance", "nginx_maintenance_app": "shpo"},
+    "maintenance of an app without domains": {"entry_point": "maintenance", "nginx_maintenance_app": "jobs",
+                                              "berth_apps": [*APPS, {"name": "jobs", "image": "r.example.com/j:1"}]},
+    "maintenance without the app among two": {"entry_point": "maintenance", "berth_apps": [
+        *APPS, {"name": "blog", "image": "r.example.com/b:1", "domains": ["blog.example.com"]}]},
+    "maintenance neither on nor off": {"entry_point": "maintenance", "nginx_maintenance": "maybe"},
     # The nginx exporter: its listen address, the stub_status port, and basic auth (the node_exporter
     # role's settings) off loopback without TLS.
     "valid exporter addresses": {"nginx_exporter_listen_address": "[fd00::5]:9113", "nginx_stub_status_port": 8181},
@@ -119,6 +130,17 @@ DRAIN_RULE = (
         ("drain file is a directory", DRAIN_RULE),
         ("drain file with a brace", DRAIN_RULE),
         ("drain without nginx_drain", "missing required arguments: nginx_drain"),
+        ("maintenance Retry-After negative", "nginx_maintenance_retry_after (seconds in the maintenance page's"
+         " Retry-After) must be 0-86400, e.g. 300; got -1."),
+        ("maintenance Retry-After over a day", "got 86401."),
+        ("maintenance page empty", "nginx_maintenance_page must be the HTML page shown during maintenance"),
+        ("maintenance of an unknown app", "the app (-e app=NAME) must name an app of berth_apps: shop"
+         " (e.g. -e app=shop); got 'shpo'"),
+        ("maintenance of an app without domains", "app jobs has no domains: nginx serves nothing for it"),
+        ("maintenance without the app among two", "berth_apps has 2 apps (shop, blog): say which one to switch"
+         " with -e app=NAME (e.g. -e app=shop)"),
+        ("maintenance neither on nor off", "nginx_maintenance"),
+        ("maintenance neither on nor off", "maybe"),
         ("exporter address without a port", f'{LISTEN_RULE} (no host names); got "127.0.0.1".'),
         ("exporter address by host name", 'got "localhost:9113".'),
         ("exporter address with a bad octet", LISTEN_RULE),

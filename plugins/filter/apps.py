@@ -294,11 +294,13 @@ def edge_check_argv(app: Mapping[str, Any], path: str, behind_load_balancer: boo
     """The curl command that asks nginx on 127.0.0.1 for `path` of the app by its first domain and prints
     the status code: HTTPS, or, behind a load balancer that terminates TLS (nginx_load_balancers), HTTP on
     port 80 as the load balancer sends it. [] for an app without a domain (nginx does not serve it).
-    -k: the certificate is the edge's own tests' concern; the question is whether the app answers."""
+    -k: the certificate is the edge's own tests' concern; the question is whether the app answers.
+    X-Berth-Edge-Check: 1 (honoured from loopback only) reaches the app even while it is in maintenance
+    (the nginx role's flag): a deploy during maintenance is checked against the app, not the page."""
     if not app["domains"]:
         return []
     host = app["domains"][0]
-    argv = ["curl", "-ksS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]
+    argv = ["curl", "-ksS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-H", "X-Berth-Edge-Check: 1"]
     if behind_load_balancer:
         return [*argv, "-H", "X-Forwarded-Proto: https", "--resolve", f"{host}:80:127.0.0.1", f"http://{host}{path}"]
     return [*argv, "--resolve", f"{host}:443:127.0.0.1", f"https://{host}{path}"]

@@ -9,6 +9,14 @@ connection. Every answer's "version" (the demo app's /version) is recorded with 
     keepalive.py --host release.test --path /version --connections 4 --rate 40 --duration 120 --out F
     keepalive.py --host shop.test --path '/enqueue?id=deploy-{n}' --connections 1 --rate 10 --out F
     keepalive.py --host shop.test --record-header X-Served-By --out F    # who answered each request
+    keepalive.py --host shop.test --address 127.0.0.1 --plain --header 'X-Forwarded-Proto: https' \
+        --version-field app --maintenance-ok --out F    # plain HTTP to 127.0.0.1, a 503 page counts
+
+--address connects there instead of resolving --host (which stays the Host header and the TLS name);
+--plain speaks HTTP on port 80 (as a load balancer that terminates TLS does). --version-field names the
+field of the JSON answer recorded as its "version". With --maintenance-ok, a 503 that carries
+Retry-After (an app's maintenance page) is an answer too, recorded as the version "maintenance"; a 503
+without it is still a failure.
 
 A "{n}" in --path is replaced by a number unique to each request (0, 1, 2, … over all connections), so
 each request can name its own job; "ok" then counts the jobs the app accepted.
@@ -27,10 +35,12 @@ import http.client
 import itertools
 import json
 import signal
+import socket
 import ssl
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 STOP = threading.Event()
@@ -59,20 +69,33 @@ class Tally:
             self.first_seen.setdefault(version or "?", now)
 
 
-def ask(conn: http.client.HTTPSConnection, path: str, header: str = "") -> tuple[str | None, str | None, str | None]:
+@dataclass
+class Options:
+    """How each request is sent and judged (the command line's options)."""
+
+    header: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    version_field: str = "version"
+    maintenance_ok: bool = False
+
+
+def ask(conn: http.client.HTTPConnection, path: str, options: Options) -> tuple[str | None, str | None, str | None]:
     """One request; returns (version, None, header) or (None, error kind, header). Never retried."""
+    header = options.header
     try:
-        conn.request("GET", path, headers={"Connection": "keep-alive"})
+        conn.request("GET", path, headers={**options.headers, "Connection": "keep-alive"})
         response = conn.getresponse()
         body = response.read()
     except (OSError, http.client.HTTPException) as exc:
         conn.close()
         return None, type(exc).__name__, None
     value = response.getheader(header) if header else None
+    if options.maintenance_ok and response.status == 503 and response.getheader("Retry-After"):
+        return "maintenance", None, value
     if not 200 <= response.status < 300:
         return None, f"HTTP {response.status}", value
     try:
-        return str(json.loads(body).get("version")), None, value
+        return str(json.loads(body).get(options.version_field)), None, value
     except ValueError:
         return "", None, value
 
@@ -90,16 +113,28 @@ def next_path(template: str) -> str:
     return template.replace("{n}", str(number))
 
 
+def connection(host: str, address: str = "", plain: bool = False, port: int = 0) -> http.client.HTTPConnection:
+    """A keep-alive connection to host (HTTPS, certificate not checked; or plain HTTP), at address if given."""
+    if plain:
+        conn = http.client.HTTPConnection(host, port or 80, timeout=5)
+    else:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(host, port or 443, timeout=5, context=context)
+    if address:
+        # Connect to address; the Host header and the TLS name (SNI) stay host.
+        conn._create_connection = lambda target, *rest: socket.create_connection((address, target[1]), *rest)  # type: ignore[attr-defined]
+    return conn
+
+
 def worker(host: str, path: str, interval: float, tally: Tally, changes: list[tuple[float, str]],
-           header: str = "") -> None:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    conn = http.client.HTTPSConnection(host, 443, timeout=5, context=context)
+           options: Options, address: str = "", plain: bool = False) -> None:
+    conn = connection(host, address, plain)
     last = None
     next_at = time.monotonic()
     while not STOP.is_set():
-        version, error, value = ask(conn, next_path(path), header)
+        version, error, value = ask(conn, next_path(path), options)
         tally.record(version, error, value)
         if version is not None and version != last:
             changes.append((time.time(), version))
@@ -118,15 +153,23 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=120.0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--record-header", default="", help="record this response header of every request")
+    parser.add_argument("--address", default="", help="connect to this address instead of resolving --host")
+    parser.add_argument("--plain", action="store_true", help="plain HTTP on port 80 instead of HTTPS on 443")
+    parser.add_argument("--header", action="append", default=[], help="'Name: value' sent with every request")
+    parser.add_argument("--version-field", default="version", help="field of the JSON answer that is its version")
+    parser.add_argument("--maintenance-ok", action="store_true", help="a 503 with Retry-After is an answer")
     args = parser.parse_args()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: STOP.set())
     tally = Tally()
     changes: list[list[tuple[float, str]]] = [[] for _ in range(args.connections)]
     interval = args.connections / args.rate
+    options = Options(args.record_header, dict(h.split(":", 1) for h in args.header),
+                      args.version_field, args.maintenance_ok)
+    options.headers = {name.strip(): value.strip() for name, value in options.headers.items()}
     threads = [
-        threading.Thread(target=worker, args=(args.host, args.path, interval, tally, changes[i], args.record_header),
-                         daemon=True)
+        threading.Thread(target=worker, args=(args.host, args.path, interval, tally, changes[i], options,
+                                              args.address, args.plain), daemon=True)
         for i in range(args.connections)
     ]
     for thread in threads:

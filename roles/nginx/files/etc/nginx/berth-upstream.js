@@ -7,6 +7,12 @@
 // file in the same directory, then rename it over it): no nginx reload, so no client connection is
 // dropped, and the other apps are not touched. A missing, unreadable or unknown value means the
 // default colour.
+//
+// Whether an app is in maintenance, also decided on every request: the app's server sets
+// $berth_maintenance_file (<state dir>/maintenance, written and removed by the nginx role's entry point
+// maintenance); while it exists, the app's requests get the maintenance page (503). The host's own
+// checks through nginx ($berth_edge_check: from loopback with X-Berth-Edge-Check: 1, the release's check
+// after a switch and reboot.yml's) still reach the app, so a deploy during maintenance can be checked.
 var fs = require('fs');
 
 function port(r) {
@@ -26,4 +32,17 @@ function port(r) {
     return v.berth_port_default;
 }
 
-export default { port: port };
+function maintenance(r) {
+    var v = r.variables;
+    if (v.berth_edge_check === '1') {
+        return '0';
+    }
+    try {
+        fs.accessSync(v.berth_maintenance_file);
+        return '1';
+    } catch (e) {
+        return '0';
+    }
+}
+
+export default { port: port, maintenance: maintenance };

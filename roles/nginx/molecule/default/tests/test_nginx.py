@@ -626,6 +626,152 @@ def test_drain_turns_the_health_url_to_503_without_reload_and_keeps_serving(host
     assert health(host, "blog.test")[0] == 200
 
 
+# Maintenance (the entry point maintenance through playbooks/maintenance.yml, as an operator runs it).
+PLAYBOOKS = SCENARIO.parents[3] / "playbooks"
+KEEPALIVE = SCENARIO.parents[3] / "tests" / "load" / "keepalive.py"
+REMOTE_KEEPALIVE = "/usr/local/bin/berth-keepalive"
+RETRY_AFTER = "300"  # nginx_maintenance_retry_after's default
+
+
+def flag(app: str) -> str:
+    return f"{PLAN[app]['state_dir']}/maintenance"
+
+
+def run_maintenance(host, state: str, app: str = "shop", check: bool = False, rc: int = 0) -> str:
+    """playbooks/maintenance.yml on this host; its recap line (or, when it must fail, its output)."""
+    name = host.backend.get_hostname()
+    ansible_playbook = shutil.which("ansible-playbook")
+    assert ansible_playbook, "ansible-playbook is not on PATH"
+    cmd = [ansible_playbook, "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", name,
+           str(PLAYBOOKS / "maintenance.yml"), "-e", f"app={app}", "-e", f"maintenance={state}",
+           "-e", "maintenance_why=test", "-e", "berth_operator=tester"] + (["--check", "--diff"] if check else [])
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}  # a plain recap to read
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env)
+    assert run.returncode == rc, run.stdout[-4000:] + run.stderr[-2000:]
+    if rc:
+        return run.stdout + run.stderr
+    recap = run.stdout[run.stdout.rindex("PLAY RECAP") :]
+    return next((line for line in recap.splitlines() if line.strip().startswith(f"{name} ")), recap)
+
+
+def start_load(host, site: str, out: str, maintenance_ok: bool) -> str:
+    """keepalive.py on the host, on site through nginx from loopback (the load balancer's address behind
+    one: the client is then loopback, exempt from the rate limit); 2 connections, 20 requests/s. Its PID."""
+    plain = "--plain --header 'X-Forwarded-Proto: https'" if behind_lb(host) else ""
+    return host.check_output(
+        f"nohup python3 {REMOTE_KEEPALIVE} --host {site} --address 127.0.0.1 {plain} --version-field app"
+        f" {'--maintenance-ok' if maintenance_ok else ''} --connections 2 --rate 20 --duration 300 --out {out}"
+        f" >{out}.log 2>&1 & echo $!"
+    )
+
+
+def stop_load(host, pid: str, out: str) -> dict:
+    host.check_output(f"kill -INT {pid}")
+    for _ in range(50):
+        if host.file(out).exists:
+            return json.loads(host.file(out).content_string)
+        time.sleep(0.2)
+    raise AssertionError(f"no summary in {out}: {host.run(f'cat {out}.log').stdout}")
+
+
+def maintenance_page(host, name: str, options: str = "", address: str = "127.0.0.1") -> None:
+    """name answers with the maintenance page: 503, Retry-After, HTML, the app's headers, never cached."""
+    status, headers, body = request(host, app_url(host, name, "/any/path?q=1"), options, address=address)
+    assert status == 503, (name, status, body[:200])
+    assert headers["retry-after"] == RETRY_AFTER
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["cache-control"] == "no-store"
+    assert headers["strict-transport-security"] == "max-age=63072000"
+    assert headers["x-frame-options"] == "SAMEORIGIN"
+    assert "Down for maintenance" in body
+
+
+def test_maintenance_under_load_without_reload_or_failed_request(host, trust):
+    host.check_output(f"rm -f {flag('shop')} {flag('blog')} /tmp/maint-*.json")
+    subprocess.run(["docker", "cp", str(KEEPALIVE), f"{host.backend.get_hostname()}:{REMOTE_KEEPALIVE}"], check=True)
+    before = nginx_pids(host)
+    errors_before, maintained_before = shop_5xx_and_maintenance(host)
+    loads = {site: ("/tmp/maint-" + site + ".json") for site in ("shop.test", "blog.test")}
+    pids = {site: start_load(host, site, out, site == "shop.test") for site, out in loads.items()}
+    try:
+        time.sleep(1)
+        assert "changed=1 " in run_maintenance(host, "on")
+        # The very next request of each of shop's names gets the page, whatever its method; blog is served.
+        for name in PLAN["shop"]["domains"]:
+            maintenance_page(host, name, via_lb(host))
+        maintenance_page(host, "shop.test", f"{via_lb(host)} -X POST -d x=1")
+        assert served(host, "blog.test") == ("blog", "blue")
+        flag_text = host.file(flag("shop")).content_string
+        content = json.loads(flag_text)
+        assert content["who"] == "tester" and content["why"] == "test", content
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", content["since"]), content
+        assert host.file(flag("shop")).mode == 0o644
+        # Still working: the load balancer's health URL (the host is healthy: the load balancer keeps it and
+        # passes the page on), and, on the host with TLS, the ACME path and the redirect to HTTPS.
+        status, _, body = health(host, "shop.test")
+        assert (status, body) == (200, "ok\n")
+        if not behind_lb(host):
+            assert request(host, "http://shop.test/.well-known/acme-challenge/nothing")[0] == 404
+            assert request(host, "http://shop.test/x")[0] == 301
+        # The host's own check through nginx (the release's after a switch) reaches the app, not the page;
+        # the same header from anyone else does not (a stranger, or a client the load balancer names).
+        argv = apps_filter.edge_check_argv(PLAN["shop"], "/", behind_lb(host))
+        assert host.check_output(" ".join(f"'{arg}'" for arg in argv)) == "200"
+        bypass = "-H 'X-Berth-Edge-Check: 1'"
+        if behind_lb(host):
+            maintenance_page(host, "shop.test", f"{via_lb(host)} {bypass}")
+        else:
+            maintenance_page(host, "shop.test", bypass, address=network_address(host))
+        # On again: nothing changes (the first who, why and since stay); off in check mode changes nothing.
+        assert "changed=0 " in run_maintenance(host, "on")
+        assert host.file(flag("shop")).content_string == flag_text
+        assert "changed=1 " in run_maintenance(host, "off", check=True)
+        maintenance_page(host, "www.shop.test", via_lb(host))
+        time.sleep(1)
+        assert "changed=1 " in run_maintenance(host, "off")
+        assert served(host, "shop.test") == ("shop", "blue")
+        assert not host.file(flag("shop")).exists
+        assert "changed=0 " in run_maintenance(host, "off")
+        # On in check mode shows the flag it would write and writes nothing.
+        assert "changed=1 " in run_maintenance(host, "on", check=True)
+        assert not host.file(flag("shop")).exists
+        time.sleep(1)
+    finally:
+        summaries = {site: stop_load(host, pids[site], out) for site, out in loads.items()}
+        host.run(f"rm -f {flag('shop')}")
+    # Every request had an answer: shop's from the app or the page (503 with Retry-After), blog's from blog.
+    shop, blog = summaries["shop.test"], summaries["blog.test"]
+    assert (shop["failed"], shop["errors"]) == (0, {}), shop["errors"]
+    assert set(shop["versions"]) == {"shop", "maintenance"}, shop["versions"]
+    assert min(shop["versions"].values()) >= 20, shop["versions"]
+    assert (blog["failed"], set(blog["versions"])) == (0, {"blog"}), (blog["errors"], blog["versions"])
+    assert nginx_pids(host) == before, "nginx was reloaded or restarted"
+    # mtail counts the page apart from the app's 5xx (no BerthSiteErrors for a planned maintenance).
+    for _ in range(40):  # mtail reads the log every 250 ms
+        errors, maintained = shop_5xx_and_maintenance(host)
+        if maintained >= maintained_before + shop["versions"]["maintenance"]:
+            break
+        time.sleep(0.25)
+    assert maintained >= maintained_before + shop["versions"]["maintenance"], (maintained_before, maintained)
+    assert errors == errors_before
+
+
+def shop_5xx_and_maintenance(host) -> tuple[float, float]:
+    """mtail's count of shop's 5xx answers, and of its maintenance pages."""
+    body = host.check_output(f"curl -sS --fail --max-time 5 http://{LOG_METRICS}/metrics")
+    found = re.search(r'^berth_nginx_maintenance_requests_total\{app="shop"\} (\S+)$', body, re.M)
+    return log_metrics(host)[0].get(("shop", "5xx"), 0), float(found.group(1)) if found else 0
+
+
+def test_maintenance_refuses_bad_input_before_any_change(host):
+    out = run_maintenance(host, "maybe", rc=2)
+    assert "Say -e maintenance=on (serve the maintenance page) or -e maintenance=off" in out
+    out = run_maintenance(host, "on", app="jobs", rc=2)
+    assert "app jobs has no domains: nginx serves nothing for it" in out
+    assert "changed=0 " in out
+    assert not host.file(flag("shop")).exists and not host.file(flag("jobs")).exists
+
+
 def test_renewal_by_the_timer_service_is_served_without_restart(host, trust):
     only_with_tls(host)
     old = served_certificate(host, "shop.test").split("serial=")[1].strip()
