@@ -112,6 +112,8 @@ def test_host_fails_while_another_release_holds_the_lock(tmp_path: Path) -> None
     result = module("release_host", tmp_path, **host_args(tmp_path))
 
     assert result["failed"] and result["lock_held"] and not result["locked"]
+    # (a lock without holder.json: an older berth, or somebody's mkdir)
+    assert result["holder"]["kind"] == "unknown" and result["holder"]["who"] == "unknown"
     assert (tmp_path / "lock").is_dir()
 
 

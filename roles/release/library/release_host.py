@@ -3,6 +3,8 @@
 
 One module instead of four tasks (mkdir, two slurps, docker_host_info) because every task is a round
 trip to the host, and a rollback to a warm colour has to switch within seconds (docs/performance.md).
+It is the one place that takes an app's lock (a deploy's, a rollback's, or a hold of playbooks/lock.yml,
+which passes no state file); release_lock.py reads it and gives it back.
 """
 
 from __future__ import annotations
@@ -11,44 +13,50 @@ DOCUMENTATION = r"""
 module: release_host
 short_description: Take the release lock; read the release state, the live colour and the colours' containers
 description:
-  - Creates O(lock_dir) (mkdir is atomic; the run that creates it holds the lock). When it exists
-    already (another release holds it), fails at once with RV(lock_held); the task retries (until/
-    retries), so the wait shows in Ansible's output. Not taken in check mode. If reading fails after
-    the lock was taken, the lock is given back before the module fails.
+  - Creates O(lock_dir) (mkdir is atomic; the run that creates it holds the lock) and writes
+    C(holder.json) into it - O(holder) with C(since) (now, UTC) and C(run) (a new id, RV(run) - only this
+    run gives the lock back). When it exists already, fails at once with RV(lock_held) and RV(holder)
+    (C(kind) C(unknown) when it has no C(holder.json) - an older berth, or somebody's mkdir); the task
+    retries (until/retries) unless the holder is a hold, so the wait shows in Ansible's output.
+  - A hold whose C(until) has passed has expired - it is taken over (moved aside atomically, so that of two
+    runs only one takes it over), with a warning; RV(taken_over) names it.
+  - Not taken in check mode. If reading fails after the lock was taken, the lock is given back before the
+    module fails. Without O(state_file) only the lock is taken (a hold).
   - Then reads the app's release state file (JSON), its live colour file and the colours' images from
     its compose project's .env (only the C(BLUE_IMAGE) and C(GREEN_IMAGE) lines), and inspects the
     host's containers with the docker CLI (the state of the app's services of each colour, and every
     image a container of any project uses).
   - Also reads the other apps' state files, so that the images they still need (their colours and retained
     releases) are never pruned by this app's release, even when the apps share an image.
-  - Changes nothing but the lock, so it reports C(changed=false).
+  - Changes nothing but the lock, so it reports C(changed=false); a hold (no O(state_file)) reports C(changed=true).
 options:
   lock_dir:
     description: The lock directory. Its parent must exist (C(/run/lock)).
     type: path
     required: true
+  holder:
+    description:
+      - Who takes the lock - C(who), C(why), C(kind) (C(deploy), C(rollback) or C(hold)), C(until) (a hold's
+        end, ISO-8601 UTC, or empty) and C(version) - written to C(holder.json) with C(since) and C(run).
+    type: dict
+    default: {}
   state_file:
-    description: The release state file (JSON), absent before the first release.
+    description: The release state file (JSON), absent before the first release. Not given - take the lock only.
     type: path
-    required: true
   live_colour_file:
-    description: The file nginx reads the live colour from.
+    description: The file nginx reads the live colour from (with O(state_file)).
     type: path
-    required: true
   env_file:
-    description: The compose stack's .env.
+    description: The compose stack's .env (with O(state_file)).
     type: path
-    required: true
   project:
-    description: The compose project name (the app's name).
+    description: The compose project name (the app's name; with O(state_file)).
     type: str
-    required: true
   colour_services:
     description:
       - The app's services of each colour, C(blue) and C(green), each a list whose first item is the web
-        service (C(web-blue)) and the rest its workers (C(worker-default-blue)).
+        service (C(web-blue)) and the rest its workers (C(worker-default-blue)); with O(state_file).
     type: dict
-    required: true
   other_state_files:
     description: The release state files of the host's other apps (missing ones are skipped).
     type: list
@@ -61,9 +69,21 @@ locked:
   description: Whether this run took the lock (and must give it back).
   type: bool
   returned: always
+run:
+  description: The id of this run's lock (in C(holder.json)); release_lock gives the lock back only to it.
+  type: str
+  returned: when locked
+taken_over:
+  description: The expired hold this run took the lock over from (its C(holder.json)), or an empty dict.
+  type: dict
+  returned: success
 lock_held:
-  description: True when the module failed because another release holds the lock.
+  description: True when the module failed because somebody else holds the lock.
   type: bool
+  returned: failure
+holder:
+  description: The lock's holder (C(holder.json); C(kind) C(unknown) without one), when RV(lock_held).
+  type: dict
   returned: failure
 state:
   description: The parsed state file, or null before the first release.
@@ -101,6 +121,8 @@ images_in_use:
 
 import json  # noqa: E402 - after the documentation, as Ansible expects
 import re  # noqa: E402
+import uuid  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
@@ -113,6 +135,92 @@ def read_text(path: str) -> str | None:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+
+
+HOLDER = "holder.json"
+# What a lock without holder.json (an older berth, or somebody's mkdir) counts as: a deploy of nobody known.
+UNKNOWN = {"who": "unknown", "why": "", "kind": "unknown", "since": "", "until": "", "version": ""}
+
+
+class LockHeldError(Exception):
+    """Somebody else holds the lock (args[0]: the holder)."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def read_holder(lock: Path) -> dict:
+    """The lock's holder.json; UNKNOWN when there is none, or it is not a JSON object."""
+    try:
+        holder = json.loads((lock / HOLDER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return dict(UNKNOWN)
+    return {**UNKNOWN, **holder} if isinstance(holder, dict) else dict(UNKNOWN)
+
+
+def expired(holder: dict, now: datetime) -> bool:
+    """A hold whose until has passed (a hold without until, and any deploy's lock, never expire)."""
+    if holder.get("kind") != "hold" or not holder.get("until"):
+        return False
+    try:
+        until = datetime.fromisoformat(str(holder["until"]))
+    except ValueError:
+        return False
+    return (until if until.tzinfo else until.replace(tzinfo=UTC)) <= now
+
+
+def remove_lock(lock: Path) -> None:
+    """holder.json, then the directory (rmdir: never anything somebody else put in it)."""
+    (lock / HOLDER).unlink(missing_ok=True)
+    lock.rmdir()
+
+
+def take_over(lock: Path, seen: dict, run: str) -> bool:
+    """Move the expired hold `seen` aside and remove it. rename is atomic: of two runs taking it over, one
+    moves it; if what was moved is not `seen` any more (another run took it over and locked meanwhile), it is
+    put back. False when there was nothing to take over."""
+    aside = lock.with_name(f"{lock.name}.expired-{run}")
+    try:
+        lock.rename(aside)
+    except FileNotFoundError:
+        return False
+    if read_holder(aside) != seen:
+        aside.rename(lock)
+        return False
+    remove_lock(aside)
+    return True
+
+
+def take(lock: Path, holder: dict, now: datetime) -> tuple[str, dict]:
+    """Take the lock for `holder`: (the run id, the expired hold taken over or {}). Raises LockHeldError."""
+    run, taken_over = uuid.uuid4().hex, {}
+    for _ in range(3):
+        try:
+            lock.mkdir(0o700)
+        except FileExistsError:
+            current = read_holder(lock)
+            if expired(current, now) and take_over(lock, current, run):
+                taken_over = current
+                continue
+            raise LockHeldError(current) from None
+        record = {
+            "who": "unknown",
+            "why": "",
+            "kind": "deploy",
+            "until": "",
+            "version": "",
+            **{key: str(value) for key, value in holder.items() if value is not None},
+            "since": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "run": run,
+        }
+        # Written beside, then renamed: a reader sees the whole file or none.
+        part = lock / f".{HOLDER}.part"
+        part.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        part.chmod(0o644)
+        part.replace(lock / HOLDER)
+        return run, taken_over
+    raise LockHeldError(read_holder(lock))
 
 
 def env_images(text: str) -> dict[str, str]:
@@ -187,25 +295,35 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "lock_dir": {"type": "path", "required": True},
-            "state_file": {"type": "path", "required": True},
-            "live_colour_file": {"type": "path", "required": True},
-            "env_file": {"type": "path", "required": True},
-            "project": {"type": "str", "required": True},
-            "colour_services": {"type": "dict", "required": True},
+            "holder": {"type": "dict", "default": {}},
+            "state_file": {"type": "path"},
+            "live_colour_file": {"type": "path"},
+            "env_file": {"type": "path"},
+            "project": {"type": "str"},
+            "colour_services": {"type": "dict"},
             "other_state_files": {"type": "list", "elements": "path", "default": []},
         },
+        required_by={"state_file": ("live_colour_file", "env_file", "project", "colour_services")},
         supports_check_mode=True,
     )
     params = module.params
-    lock, locked = Path(params["lock_dir"]), False
+    lock, locked, lock_result = Path(params["lock_dir"]), False, {"taken_over": {}}
     if not module.check_mode:
         try:
-            lock.mkdir(0o700)
-            locked = True
-        except FileExistsError:
-            module.fail_json(msg=f"another release holds {params['lock_dir']}", lock_held=True, locked=False)
+            run, taken_over = take(lock, params["holder"], utc_now())
+            locked, lock_result = True, {"run": run, "taken_over": taken_over}
+        except LockHeldError as held:
+            module.fail_json(msg=f"{params['lock_dir']} is held", lock_held=True, holder=held.args[0], locked=False)
         except OSError as error:
             module.fail_json(msg=f"cannot create the lock {params['lock_dir']}: {error}", locked=False)
+        if lock_result["taken_over"]:
+            gone = lock_result["taken_over"]
+            module.warn(
+                f"{params['lock_dir']}: the hold by {gone['who']} ({gone['why']!r}) expired at {gone['until']}; "
+                "this run took the lock over"
+            )
+    if params["state_file"] is None:
+        module.exit_json(changed=locked, locked=locked, **lock_result)
     try:
         state = read_state(params["state_file"])
         env_text = read_text(params["env_file"])
@@ -225,9 +343,9 @@ def main() -> None:
         }
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         if locked:
-            lock.rmdir()
+            remove_lock(lock)
         module.fail_json(msg=str(error), locked=False)
-    module.exit_json(changed=False, locked=locked, **result)
+    module.exit_json(changed=False, locked=locked, **lock_result, **result)
 
 
 if __name__ == "__main__":

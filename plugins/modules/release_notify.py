@@ -1,0 +1,1 @@
+../../roles/release/library/release_notify.py
