@@ -134,7 +134,7 @@ DRAIN_RULE = (
          " Retry-After) must be 0-86400, e.g. 300; got -1."),
         ("maintenance Retry-After over a day", "got 86401."),
         ("maintenance page empty", "nginx_maintenance_page must be the HTML page shown during maintenance"),
-        ("maintenance of an unknown app", "the app (-e app=NAME) must name an app of berth_apps: shop"
+        ("maintenance of an unknown app", "-e app=NAME must name an app of berth_apps: shop"
          " (e.g. -e app=shop); got 'shpo'"),
         ("maintenance of an app without domains", "app jobs has no domains: nginx serves nothing for it"),
         ("maintenance without the app among two", "berth_apps has 2 apps (shop, blog): say which one to switch"

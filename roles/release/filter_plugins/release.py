@@ -52,25 +52,24 @@ def release_app(plan: Any, name: Any = "") -> dict[str, Any]:
     }
 
 
-def release_app_problem(plan: Any, name: Any = "") -> str:
-    """Why no app can be chosen (a sentence naming the apps), or "" when one is."""
+def release_app_problem(plan: Any, name: Any = "", doing: str = "release") -> str:
+    """Why no app can be chosen (a sentence naming the apps), or "" when one is. doing: what is done to
+    the app, for the sentence (release; the maintenance page says "switch")."""
     apps = list(plan or [])
     names = _names(apps)
     if _chosen(apps, name) is not None:
         return ""
     if not apps:
         return (
-            "berth_apps is empty: there is no app to release on this host (describe the apps in berth_apps, "
+            f"berth_apps is empty: there is no app to {doing} on this host (describe the apps in berth_apps, "
             "docs/apps.md)"
         )
     example = f"e.g. -e app={names[0]}"
+    option = "release_app (-e app=NAME)" if doing == "release" else "-e app=NAME"
     if name:
-        return (
-            f"release_app (-e app=NAME) must name an app of berth_apps: {', '.join(names)} ({example}); "
-            f"got {str(name)!r}"
-        )
+        return f"{option} must name an app of berth_apps: {', '.join(names)} ({example}); got {str(name)!r}"
     return (
-        f"berth_apps has {len(names)} apps ({', '.join(names)}): say which one to release with -e app=NAME ({example})"
+        f"berth_apps has {len(names)} apps ({', '.join(names)}): say which one to {doing} with -e app=NAME ({example})"
     )
 
 
