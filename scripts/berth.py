@@ -8,9 +8,9 @@
     berth -i inventories/production audit [--lines 50]      # playbooks/audit.yml
     berth -i inventories/production logs shop [--worker [NAME] | --job NAME] [--since 10m] [--tail 100] [--follow]
     berth -i inventories/production exec shop -- python3 manage.py check
-    berth -i inventories/production lock shop hold --why "db upgrade" [--until 2026-11-28T10:00:00Z]
-    berth -i inventories/production lock shop show|release
-    berth -i inventories/production maintenance shop on|off [--why "..."]
+    berth -i inventories/production lock hold shop --why "db upgrade" [--until 2026-11-28T10:00:00Z]
+    berth -i inventories/production lock show|release shop
+    berth -i inventories/production maintenance on|off shop [--why "..."]
     berth -i inventories/production backup                  # playbooks/backup-now.yml
     berth -i inventories/production run PLAYBOOK [-e KEY=VALUE ...]   # any playbook (the CI entry)
 
@@ -386,13 +386,13 @@ def parser() -> argparse.ArgumentParser:
     run_exec.add_argument("app")
     run_exec.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     lock = command("lock", "hold, show or release an app's release lock")
-    lock.add_argument("app")
     lock.add_argument("action", choices=["hold", "show", "release"])
+    lock.add_argument("app", nargs="?", help="the app (may be left out when the hosts have one)")
     lock.add_argument("--why", help="why (required to hold)")
     lock.add_argument("--until", help="until when (ISO 8601 UTC, e.g. 2026-11-28T10:00:00Z)")
     maintenance = command("maintenance", "serve an app's maintenance page (503), or stop serving it")
-    maintenance.add_argument("app")
     maintenance.add_argument("state", choices=["on", "off"])
+    maintenance.add_argument("app", nargs="?", help="the app (may be left out when the hosts have one)")
     maintenance.add_argument("--why")
     command("backup", "back up every app now, with its restore test (playbooks/backup-now.yml)")
     return top

@@ -130,11 +130,11 @@ def test_each_command_maps_to_its_playbook() -> None:
     assert plan("logs", "shop", "--job", "report").extravars == {
         "app": "shop", "logs_tail": 100, "logs_process": "job", "logs_job": "report"
     }
-    assert plan("lock", "shop", "hold", "--why", "db upgrade").extravars == {
+    assert plan("lock", "hold", "shop", "--why", "db upgrade").extravars == {
         "app": "shop", "lock_action": "hold", "lock_why": "db upgrade"
     }
-    assert plan("lock", "shop", "show").quiet
-    assert plan("maintenance", "shop", "on").extravars == {"app": "shop", "maintenance": "on"}
+    assert plan("lock", "show", "shop").quiet
+    assert plan("maintenance", "on", "shop").extravars == {"app": "shop", "maintenance": "on"}
     assert plan("backup") == berth.Run("playbooks/backup-now.yml")
 
 
