@@ -1,0 +1,1 @@
+../../roles/ops/filter_plugins/ops.py

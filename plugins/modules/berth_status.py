@@ -1,0 +1,1 @@
+../../roles/ops/library/berth_status.py
