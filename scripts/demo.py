@@ -112,14 +112,19 @@ The demo host {HOST} is provisioned: nginx serves two apps over HTTPS with certi
   shell on it:        docker exec -it {HOST} bash
   SSH as the admin:   ssh -i .cache/demo/admin_ed25519 berth@$(docker inspect -f \\
                         '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' {HOST})
-  run site.yml again: .venv/bin/ansible-playbook site.yml {" ".join(inventory)} {" ".join(extra[:2])} \\
-                        -e '{extra[3]}'   (changes nothing)
-  deploy v2 of shop:  .venv/bin/ansible-playbook playbooks/deploy.yml {" ".join(inventory)} {" ".join(extra[:2])} \\
-                        -e app=shop -e app_version=v2
-  roll it back:       .venv/bin/ansible-playbook playbooks/rollback.yml {" ".join(inventory)} {" ".join(extra[:2])} \\
-                        -e app=shop
-  shop's summary job: docker exec {HOST} systemctl start berth-job-shop-summary   (its log: journalctl -u …)
-  back up now:        .venv/bin/ansible-playbook playbooks/backup-now.yml {" ".join(inventory)} {" ".join(extra[:2])}
+  run site.yml again: .venv/bin/berth {" ".join(inventory)} {" ".join(extra[:2])} -e '{extra[3]}' site
+                        (changes nothing; the same as .venv/bin/ansible-playbook site.yml with these options)
+  what runs where:    .venv/bin/berth {" ".join(inventory)} {" ".join(extra[:2])} status   (--json)
+  deploy v2 of shop:  .venv/bin/berth {" ".join(inventory)} {" ".join(extra[:2])} deploy shop v2
+  roll it back:       .venv/bin/berth {" ".join(inventory)} {" ".join(extra[:2])} rollback shop
+  the history:        .venv/bin/berth {" ".join(inventory)} {" ".join(extra[:2])} audit
+  shop's logs:        .venv/bin/berth {" ".join(inventory)} {" ".join(extra[:2])} logs shop --since 10m   (--worker)
+  a command in shop:  .venv/bin/berth {" ".join(inventory)} {" ".join(extra[:2])} exec shop -- python3 -c 'print(1)'
+  hold shop's deploys: .venv/bin/berth {" ".join(inventory)} {" ".join(extra[:2])} lock hold shop --why "a demo"
+                        (berth lock show shop, berth lock release shop)
+  maintenance page:   .venv/bin/berth {" ".join(inventory)} {" ".join(extra[:2])} maintenance on shop   (off)
+  shop's summary job: docker exec {HOST} systemctl start berth-job-shop-summary   (its log: berth logs shop --job)
+  back up now:        .venv/bin/berth {" ".join(inventory)} {" ".join(extra[:2])} backup
   restore shop:       .venv/bin/ansible-playbook playbooks/restore.yml {" ".join(inventory)} {" ".join(extra[:2])} \\
                         -e app=shop -e backup_restore_confirm={HOST}
   tear it down:       scripts/demo.py down   (removes the host, its volumes and network)

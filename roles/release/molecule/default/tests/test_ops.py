@@ -2,8 +2,9 @@
 
 Each answer is checked against the host itself: the state and live colour files, docker ps, openssl, df,
 /proc/meminfo, the audit log, a line the app wrote. The tests leave the host as they found it (pytest runs
-this file before test_release.py, after test_lock.py): the lock and maintenance flag they make are removed,
-exec's containers are removed, the one job enqueued has its own id. They never assume which version is live.
+this file last, after test_release.py and test_lock.py: conftest.py): the lock and maintenance flag they
+make are removed, exec's containers are removed, the one job enqueued has its own id. They never assume
+which version is live.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 NAME = "berth-release-trixie"
 APPS = ("shop", "blog")
 AUDIT = "/var/log/berth/release.log"
-# The issue's target for status on one host, measured around the whole ansible-playbook run.
-STATUS_SECONDS = 5.0
 
 testinfra_hosts = [NAME]
+# Actions that run on the controller, with no round trip to the host.
+CONTROLLER_ACTIONS = {"ansible.builtin.assert", "assert", "ansible.builtin.debug", "debug", "set_fact",
+                      "ansible.builtin.set_fact", "ansible.builtin.validate_argument_spec", "validate_argument_spec"}
 
 
 @pytest.fixture(scope="module")
@@ -144,24 +146,19 @@ def held(target: testinfra.host.Host) -> Iterator[dict]:
                    "/var/lib/berth/apps/blog/maintenance")
 
 
-def bare_run_seconds() -> float:
-    """How long the least a playbook run takes here now: ansible-playbook's start and one module round trip
-    (the machine is shared: under load every run is slower)."""
-    env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"))
-    started = time.monotonic()
-    subprocess.run([str(Path(sys.executable).parent / "ansible"), "-i", INVENTORY, NAME, "-b", "-m",
-                    "ansible.builtin.ping"], cwd=PROJECT, env=env, capture_output=True, check=True)
-    return time.monotonic() - started
-
-
-def test_status_shows_the_lock_holder_and_maintenance_in_its_time(held: dict) -> None:
-    bare = bare_run_seconds()
+def test_status_shows_the_lock_holder_and_maintenance_in_one_round_trip(held: dict) -> None:
     rc, out, seconds = playbook("status")
     assert rc == 0, out[-3000:]
-    print(f"\nstatus (text) on one host: {seconds:.2f} s (a bare ping run: {bare:.2f} s)\n{out}")
-    # The target (5 s) on a quiet machine; on a loaded one (the test machines are shared), no more than three
-    # bare runs: a status of one round trip per app or per file would take several times more.
-    assert seconds < max(STATUS_SECONDS, 3 * bare), f"status took {seconds:.2f} s, a bare run {bare:.2f} s"
+    # How fast status is, is a figure (printed here; the target, under 5 s for one host, is measured by
+    # scripts/bench.py --only status); what keeps it fast is checked: one task reaches the host (the module),
+    # the others run on the controller.
+    print(f"\nstatus (text) on one host: {seconds:.2f} s\n{out}")
+    rc, as_json, _ = playbook("status", as_json=True)
+    report, _ = json.JSONDecoder().raw_decode(as_json, as_json.index("{"))
+    actions = [entry["hosts"][NAME].get("action", "") for play in report["plays"] for entry in play["tasks"]
+               if NAME in entry["hosts"]]
+    assert actions.count("berth_status") == 1, actions
+    assert set(actions) - {"berth_status"} <= CONTROLLER_ACTIONS, actions
     assert ('"    lock: HOLD by ops-test since 2026-11-27T14:03:11Z, why: checking status, '
             'until 2999-01-01T00:00:00Z",') in out
     assert '"    maintenance: ON (who ops-test, since 2026-11-27T14:04:00Z, why: status test)",' in out
