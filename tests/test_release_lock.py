@@ -341,4 +341,7 @@ def test_the_operator_is_the_given_name_else_the_controller_s_environment(monkey
     monkeypatch.delenv("BERTH_OPERATOR")
     assert OPERATOR.berth_operator(None) == "root"
     monkeypatch.delenv("USER")
+    monkeypatch.setattr(OPERATOR.getpass, "getuser", lambda: "deploy")
+    assert OPERATOR.berth_operator("") == "deploy"  # the process's login name (a shell without USER)
+    monkeypatch.setattr(OPERATOR.getpass, "getuser", lambda: "")
     assert OPERATOR.berth_operator("") == "unknown"
