@@ -345,3 +345,14 @@ def test_the_operator_is_the_given_name_else_the_controller_s_environment(monkey
     assert OPERATOR.berth_operator("") == "deploy"  # the process's login name (a shell without USER)
     monkeypatch.setattr(OPERATOR.getpass, "getuser", lambda: "")
     assert OPERATOR.berth_operator("") == "unknown"
+
+
+def test_check_mode_reports_a_hold_but_not_an_expired_one_and_takes_nothing(tmp_path: Path) -> None:
+    hold(tmp_path, until=iso(datetime.now(UTC) + timedelta(hours=1)))
+    result = module("release_host", tmp_path, check=True, **host_args(tmp_path), holder={"who": "alice"})
+    assert result["failed"] and result["lock_held"] and result["holder"]["who"] == "bob"
+    (tmp_path / "lock" / "holder.json").unlink()
+    (tmp_path / "lock").rmdir()
+    hold(tmp_path, until=iso(datetime.now(UTC) - timedelta(minutes=1)))
+    result = module("release_host", tmp_path, check=True, **host_args(tmp_path), holder={"who": "alice"})
+    assert not result.get("failed") and not result["locked"] and holder_of(tmp_path)["who"] == "bob"

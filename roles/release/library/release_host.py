@@ -20,8 +20,8 @@ description:
     retries (until/retries) unless the holder is a hold, so the wait shows in Ansible's output.
   - A hold whose C(until) has passed has expired - it is taken over (moved aside atomically, so that of two
     runs only one takes it over), with a warning; RV(taken_over) names it.
-  - Not taken in check mode. If reading fails after the lock was taken, the lock is given back before the
-    module fails. Without O(state_file) only the lock is taken (a hold).
+  - Not taken in check mode, where a hold (not expired) fails the module as in a real run. If reading
+    fails after the lock was taken, the lock is given back before the module fails. Without O(state_file) only the lock is taken (a hold).
   - Then reads the app's release state file (JSON), its live colour file and the colours' images from
     its compose project's .env (only the C(BLUE_IMAGE) and C(GREEN_IMAGE) lines), and inspects the
     host's containers with the docker CLI (the state of the app's services of each colour, and every
@@ -308,7 +308,12 @@ def main() -> None:
     )
     params = module.params
     lock, locked, lock_result = Path(params["lock_dir"]), False, {"taken_over": {}}
-    if not module.check_mode:
+    if module.check_mode:
+        # No lock is taken, but a hold refuses the real run at once: check mode says so as well.
+        current = read_holder(lock) if lock.is_dir() else {}
+        if current.get("kind") == "hold" and not expired(current, utc_now()):
+            module.fail_json(msg=f"{params['lock_dir']} is held", lock_held=True, holder=current, locked=False)
+    else:
         try:
             run, taken_over = take(lock, params["holder"], utc_now())
             locked, lock_result = True, {"run": run, "taken_over": taken_over}
