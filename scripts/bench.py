@@ -20,6 +20,8 @@ Phases:
     release    deploy of an image already on the host (a new tag of v2, so a real start of the idle
                colour) and rollback to the warm previous colour, under steady HTTPS load through
                nginx; "switched" is command start -> first answer from the new version
+    status     playbooks/status.yml (what `berth status` runs) on the converged host: read-only, one
+               module round trip (the target: under 5 s for one host)
     backup     backup-now.yml and restore.yml of a database grown by --backup-mb MB (a lost
                database volume restored; every row compared), berth's profile (scripts/bench_backup.py)
     apps       what each extra app costs a no-change site.yml: one host with one app (the demo's shop:
@@ -75,7 +77,7 @@ PROFILES: dict[str, dict[str, str]] = {
 }
 # The profiles measured (--profiles); the host of the second and release phases is converged with "berth".
 SELECTED = list(PROFILES)
-PHASES = ("cold", "second", "release", "backup", "apps", "parallel", "preflight")
+PHASES = ("cold", "second", "release", "status", "backup", "apps", "parallel", "preflight")
 
 
 # --- test hosts -----------------------------------------------------------------------------------
@@ -315,6 +317,14 @@ def release(repeat: int, inventory: Path, wrk: int) -> None:
                 record("release", kind, profile, figures)
 
 
+def status(repeat: int, inventory: Path) -> None:
+    """playbooks/status.yml on the converged host: what `berth status` runs (two apps, one host)."""
+    for i in range(repeat):
+        for profile in SELECTED:
+            log(f"status ({profile}, {i + 1}/{repeat})")
+            record("status", "status.yml", profile, ansible(profile, inventory, "playbooks/status.yml"))
+
+
 def backup(inventory: Path, size_mb: int) -> None:
     log(f"backup and restore of a database grown by {size_mb} MB")
     figures = bench_backup.measure("berth-bench-1", size_mb, inventory, project="shop", extra=tuple(site_vars()))
@@ -478,12 +488,14 @@ def main() -> None:
     started = time.monotonic()
     if "cold" in only:
         cold(args.cold_repeat)
-    if {"second", "release", "backup"} & set(only):
+    if {"second", "release", "status", "backup"} & set(only):
         inventory = converged()
         if "second" in only:
             second(args.repeat, inventory)
         if "release" in only:
             release(args.repeat, inventory, args.wrk)
+        if "status" in only:
+            status(args.repeat, inventory)
         if "backup" in only:
             backup(inventory, args.backup_mb)
         if not args.keep:
