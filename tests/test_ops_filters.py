@@ -132,3 +132,11 @@ def test_status_results_keep_what_the_module_returned() -> None:
                   "web-2": {"failed": True, "msg": "no route"}}
     assert OPS.status_results(registered) == {"web-1": {"now": 1, "host": {}, "apps": []},
                                               "web-2": {"msg": "no route", "failed": True}}
+
+
+def test_a_lock_record_names_the_holder_and_why_it_ended() -> None:
+    record = {"app": "shop", "action": "lock_released", "result": "ok", "who": "alice", "at": "2026-11-27T10:00:00Z",
+              "host": "app1", "holder": {"who": "bob", "why": "db work", "kind": "hold"}, "reason": "expired"}
+    assert OPS.audit_line(record) == (
+        "2026-11-27T10:00:00Z  app1  shop  lock_released  ok  -  by alice  lock of bob (db work)  expired"
+    )

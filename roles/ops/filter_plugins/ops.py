@@ -228,6 +228,12 @@ def audit_line(record: Mapping[str, Any]) -> str:
              str(result).upper() if result == "failed" else str(result), what]
     if record.get("who"):
         parts.append(f"by {record['who']}")
+    holder = record.get("holder")
+    if isinstance(holder, Mapping) and holder:
+        # a lock's record (role release): whose lock it was, and why it ended (released, expired)
+        parts.append(f"lock of {holder.get('who') or '?'}" + (f" ({holder['why']})" if holder.get("why") else ""))
+        if record.get("reason"):
+            parts.append(str(record["reason"]))
     if record.get("stage"):
         parts.append(f"stage: {record['stage']}")
     if record.get("why"):

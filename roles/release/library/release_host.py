@@ -21,7 +21,8 @@ description:
   - A hold whose C(until) has passed has expired - it is taken over (moved aside atomically, so that of two
     runs only one takes it over), with a warning; RV(taken_over) names it.
   - Not taken in check mode, where a hold (not expired) fails the module as in a real run. If reading
-    fails after the lock was taken, the lock is given back before the module fails. Without O(state_file) only the lock is taken (a hold).
+    fails after the lock was taken, the lock is given back before the module fails. Without O(state_file)
+    only the lock is taken (a hold).
   - Then reads the app's release state file (JSON), its live colour file and the colours' images from
     its compose project's .env (only the C(BLUE_IMAGE) and C(GREEN_IMAGE) lines), and inspects the
     host's containers with the docker CLI (the state of the app's services of each colour, and every
